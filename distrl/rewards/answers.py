@@ -1,0 +1,58 @@
+"""Answer-checking rewards for math-style tasks: exact numbers, math-verify, and format."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+
+
+def extract_answer(text: str) -> str | None:
+    """The content of the last `\\boxed{}` if any, else the last number in the text."""
+    boxed = _BOXED.findall(text)
+    if boxed:
+        return boxed[-1].strip()
+    numbers = _NUMBER.findall(text)
+    return numbers[-1] if numbers else None
+
+
+def _as_float(text: str) -> float | None:
+    try:
+        return float(text.replace(",", "").replace("$", "").strip())
+    except ValueError:
+        return None
+
+
+def numeric_reward(prompts: Sequence[str], completions: Sequence[str], answer: Sequence[Any],
+                   **_: Any) -> list[float]:
+    """1.0 when the extracted answer equals the reference number, else 0.0."""
+    out = []
+    for completion, ref in zip(completions, answer):
+        got = extract_answer(completion)
+        got_f, ref_f = (_as_float(got) if got else None), _as_float(str(ref))
+        ok = got_f is not None and ref_f is not None and abs(got_f - ref_f) <= 1e-6 * max(1.0, abs(ref_f))
+        out.append(1.0 if ok else 0.0)
+    return out
+
+
+def math_verify_reward(prompts: Sequence[str], completions: Sequence[str], answer: Sequence[Any],
+                       **_: Any) -> list[float]:
+    """1.0 when math-verify finds the completion's answer equivalent to the reference."""
+    from math_verify import parse, verify
+
+    out = []
+    for completion, ref in zip(completions, answer):
+        ref_text = str(ref)
+        # math-verify reads LaTeX; a bare reference number parses better wrapped in $...$.
+        gold = parse(ref_text if "$" in ref_text or "\\" in ref_text else f"${ref_text}$")
+        pred = parse(completion)
+        out.append(1.0 if gold and pred and verify(gold, pred) else 0.0)
+    return out
+
+
+def format_reward(prompts: Sequence[str], completions: Sequence[str], **_: Any) -> list[float]:
+    """1.0 when the completion ends with its answer (a number or a `\\boxed{}`), else 0.0."""
+    tail = re.compile(r"(?:-?\d[\d,]*(?:\.\d+)?|\\boxed\{[^{}]*\})\W{0,3}$")
+    return [1.0 if tail.search(c.strip()) else 0.0 for c in completions]

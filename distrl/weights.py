@@ -1,0 +1,94 @@
+"""Pack named tensors into one contiguous buffer per dtype plus an index, and load them back.
+
+The learner packs its trainable weights (LoRA tensors only when LoRA is on) after each update;
+the driver hands the single object-store reference to every generator, which copies each slice
+straight into its own parameter. Buffers are numpy byte arrays so Ray hands generators a
+zero-copy view. Loading checks names and shapes strictly: a weight that does not land is an
+error, never a silent no-op.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+_DTYPES = {str(d): d for d in (torch.float32, torch.bfloat16, torch.float16, torch.float64)}
+
+
+@dataclass(frozen=True)
+class TensorSlot:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int  # in elements of `dtype`
+    numel: int
+
+
+@dataclass
+class PackedWeights:
+    """Weights of one policy version: `buffers[dtype]` holds the bytes, `index` where each lives."""
+
+    policy_version: int
+    index: list[TensorSlot] = field(default_factory=list)
+    buffers: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self.buffers.values())
+
+
+def pack(named: dict[str, torch.Tensor], policy_version: int) -> PackedWeights:
+    """Copy `named` tensors (any device) into one CPU byte buffer per dtype."""
+    index, sizes = [], {}
+    for name, t in named.items():
+        dtype = str(t.dtype)
+        if dtype not in _DTYPES:
+            raise TypeError(f"cannot pack {name}: unsupported dtype {t.dtype}")
+        index.append(TensorSlot(name, dtype, tuple(t.shape), sizes.get(dtype, 0), t.numel()))
+        sizes[dtype] = sizes.get(dtype, 0) + t.numel()
+    flat = {dtype: torch.empty(n, dtype=_DTYPES[dtype]) for dtype, n in sizes.items()}
+    with torch.no_grad():
+        for slot in index:
+            src = named[slot.name].detach().reshape(-1)
+            flat[slot.dtype][slot.offset: slot.offset + slot.numel].copy_(src)
+    buffers = {dtype: t.view(torch.uint8).numpy() for dtype, t in flat.items()}
+    return PackedWeights(policy_version=policy_version, index=index, buffers=buffers)
+
+
+def _views(packed: PackedWeights) -> dict[str, torch.Tensor]:
+    """Typed views over the (possibly read-only, object-store backed) byte buffers."""
+    with warnings.catch_warnings():
+        # Buffers from the object store are read-only; we only read from them.
+        warnings.simplefilter("ignore", UserWarning)
+        return {dtype: torch.frombuffer(memoryview(buf), dtype=_DTYPES[dtype]) if buf.nbytes
+                else torch.empty(0, dtype=_DTYPES[dtype]) for dtype, buf in packed.buffers.items()}
+
+
+def unpack(packed: PackedWeights) -> dict[str, torch.Tensor]:
+    """Independent copies of every tensor, by name."""
+    views = _views(packed)
+    return {s.name: views[s.dtype][s.offset: s.offset + s.numel].view(s.shape).clone()
+            for s in packed.index}
+
+
+def load_packed(params: dict[str, torch.Tensor], packed: PackedWeights) -> int:
+    """Copy every packed tensor into `params[name]` in place; return the number of tensors loaded.
+
+    Raises if a packed name is missing from `params` or a shape differs: a sync that does not
+    land must stop the run, not leave stale weights behind.
+    """
+    views = _views(packed)
+    missing = [s.name for s in packed.index if s.name not in params]
+    if missing:
+        raise KeyError(f"{len(missing)} packed weights have no matching parameter, e.g. {missing[0]!r}")
+    with torch.no_grad():
+        for s in packed.index:
+            target = params[s.name]
+            if tuple(target.shape) != s.shape:
+                raise ValueError(f"weight {s.name}: packed shape {s.shape} != parameter shape "
+                                 f"{tuple(target.shape)}")
+            target.copy_(views[s.dtype][s.offset: s.offset + s.numel].view(s.shape), non_blocking=False)
+    return len(packed.index)

@@ -1,0 +1,254 @@
+"""The training loop: generate -> reward -> advantages -> (reference) -> learn -> publish weights.
+
+Only orchestration lives here: the math is in `distrl/algorithms/`, the model work in the
+actors. Every bad input is rejected before any actor starts; every wait on an actor has a
+deadline; every rollout's policy version is checked against the version the step expects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import time
+from typing import Any, Sequence
+
+import ray
+import torch
+
+from distrl.algorithms import compute_advantages, get_learner, topk_indices
+from distrl.config import ConfigError, TrainConfig
+from distrl.data import PromptSampler, load_splits
+from distrl.data.prompts import encode_prompt
+from distrl.generation import Rollout, SamplingParams, resolve_backend
+from distrl.models import load_tokenizer, resolve_model
+from distrl.rewards import load_reward, score
+from launch.cluster import Actors, check_resources, connect, create_actors
+from launch.metrics import MetricsLog, step_line, summary_lines
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything checked and loaded before the cluster is touched."""
+
+    model_path: str
+    tokenizer: Any
+    train_rows: list[dict]
+    eval_rows: list[dict]
+    reward_fns: list[tuple[Any, float]]
+    output_dir: str
+
+
+def preflight(cfg: TrainConfig) -> Setup:
+    """Resolve model, data and reward; raise ConfigError on bad input. Starts no actor."""
+    resolve_backend(cfg.run.backend)
+    try:
+        reward = load_reward(cfg.data.reward)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    reward_fns = [(reward, 1.0)]
+    if cfg.data.format_reward_weight:
+        reward_fns.append((load_reward("format"), cfg.data.format_reward_weight))
+    train_rows, eval_rows = load_splits(cfg.data, cfg.run.seed)
+    model_path = resolve_model(cfg.model.model)
+    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
+    run_name = cfg.run.run_name or time.strftime("run-%Y%m%d-%H%M%S")
+    return Setup(model_path, tokenizer, train_rows, eval_rows, reward_fns,
+                 os.path.join(cfg.run.output_dir, run_name))
+
+
+def wait(refs: Sequence[Any], names: Sequence[str], timeout_s: float, what: str) -> list[Any]:
+    """ray.get with a deadline; a miss names the actors that did not answer."""
+    ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+    if pending:
+        late = sorted({names[i] for i, r in enumerate(refs) if r in pending})
+        raise TimeoutError(f"{what}: no answer within {timeout_s:g}s from {', '.join(late)}")
+    return ray.get(list(refs))
+
+
+class Trainer:
+    """Holds the run's state between steps; `train()` is the loop."""
+
+    def __init__(self, cfg: TrainConfig, setup: Setup, actors: Actors) -> None:
+        self.cfg, self.setup, self.actors = cfg, setup, actors
+        self.tokenizer = setup.tokenizer
+        self.sampler = PromptSampler(len(setup.train_rows), cfg.run.seed)
+        self.learner_algo = get_learner(cfg.algo.learner)
+        self.policy_version = 0
+        self.weights_ref = None
+        self._prompt_cache: dict[int, list[int]] = {}
+        self.log = MetricsLog(os.path.join(setup.output_dir, "metrics.jsonl"))
+
+    # -- pieces of a step -------------------------------------------------------------
+    def _encode(self, rows: list[dict], key: int | None = None) -> list[int]:
+        return encode_prompt(self.tokenizer, rows[key]["prompt"], self.cfg.data.system_prompt)
+
+    def _prompt_ids(self, index: int) -> list[int]:
+        if index not in self._prompt_cache:
+            self._prompt_cache[index] = self._encode(self.setup.train_rows, index)
+        return self._prompt_cache[index]
+
+    def _workers(self) -> list[tuple[Any, str]]:
+        gens = [(g, f"distrl-generator-{i}") for i, g in enumerate(self.actors.generators)]
+        return [(self.actors.learner, "distrl-learner")] + gens
+
+    def _generate(self, prompts: list[list[int]], sampling: SamplingParams,
+                  learner_share: int) -> list[list[Rollout]]:
+        """Learner takes the first `learner_share` prompts, generators split the rest evenly."""
+        workers, rest = self._workers(), prompts[learner_share:]
+        gens = workers[1:]
+        chunks = [prompts[:learner_share]] + [rest[i::len(gens)] for i in range(len(gens))] if gens else [prompts]
+        refs, names, owners = [], [], []
+        for w, ((actor, name), chunk) in enumerate(zip(workers, chunks)):
+            if chunk:
+                seeded = dataclasses.replace(sampling, seed=sampling.seed * 1009 + w)
+                refs.append(actor.generate.remote(chunk, seeded))
+                names.append(name)
+                owners.append(w)
+        results = dict(zip(owners, wait(refs, names, self.cfg.run.timeout_s, "generation")))
+        # Undo the round-robin split so groups line up with `prompts`.
+        groups: list[list[Rollout]] = list(results.get(0, []))
+        per_gen = [list(results.get(w, [])) for w in range(1, len(workers))]
+        for j in range(len(rest)):
+            groups.append(per_gen[j % len(gens)][j // len(gens)])
+        return groups
+
+    def _sync(self, weights_ref: Any, version: int) -> float:
+        """Every generator loads `version`; returns seconds. Refuses a generator that lags."""
+        start = time.perf_counter()
+        if self.actors.generators:
+            refs = [g.load_weights.remote(weights_ref) for g in self.actors.generators]
+            names = [f"distrl-generator-{i}" for i in range(len(refs))]
+            loaded = wait(refs, names, self.cfg.run.timeout_s, "weight sync")
+            wrong = [n for n, v in zip(names, loaded) if v != version]
+            if wrong:
+                raise RuntimeError(f"weight sync: {', '.join(wrong)} did not load version {version}")
+        self.weights_ref, self.policy_version = weights_ref, version  # the old object is released
+        return time.perf_counter() - start
+
+    def _rewards(self, rows: list[dict], groups: list[list[Rollout]]) -> torch.Tensor:
+        """`(P, G)` rewards; completions decoded without special tokens."""
+        flat_rows = [row for row, g in zip(rows, groups) for _ in g]
+        completions = [self.tokenizer.decode(r.completion_ids, skip_special_tokens=True)
+                       for g in groups for r in g]
+        prompts = [row["prompt"] for row in flat_rows]
+        columns = {k: [row[k] for row in flat_rows] for k in flat_rows[0] if k != "prompt"}
+        total = torch.zeros(len(completions))
+        for fn, weight in self.setup.reward_fns:
+            total += weight * torch.tensor(score(fn, prompts, completions, columns))
+        return total.view(len(groups), -1)
+
+    def evaluate(self) -> float:
+        """Greedy accuracy (main reward > 0.5) on the held-out prompts, spread over generators."""
+        rows = self.setup.eval_rows
+        prompts = [self._encode(rows, i) for i in range(len(rows))]
+        sampling = SamplingParams(n=1, max_new_tokens=self.cfg.sampling.max_new_tokens, greedy=True)
+        share = 0 if self.actors.generators else len(prompts)
+        groups = self._generate(prompts, sampling, learner_share=share)
+        completions = [self.tokenizer.decode(g[0].completion_ids, skip_special_tokens=True) for g in groups]
+        columns = {k: [row[k] for row in rows] for k in rows[0] if k != "prompt"}
+        fn = self.setup.reward_fns[0][0]
+        correct = score(fn, [r["prompt"] for r in rows], completions, columns)
+        return sum(1.0 for c in correct if c > 0.5) / len(correct)
+
+    # -- the loop ---------------------------------------------------------------------
+    def step(self, step: int) -> dict:
+        cfg, t0 = self.cfg, time.perf_counter()
+        indices = self.sampler.next_batch(cfg.run.batch_size)
+        rows = [self.setup.train_rows[i] for i in indices]
+        sampling = SamplingParams(n=cfg.run.num_candidates, max_new_tokens=cfg.sampling.max_new_tokens,
+                                  temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
+                                  seed=cfg.run.seed * 100_003 + step)
+        groups = self._generate([self._prompt_ids(i) for i in indices], sampling, cfg.run.learner_chunk_size)
+        t_gen = time.perf_counter()
+        stale = {r.policy_version for g in groups for r in g} - {self.policy_version}
+        if stale:
+            raise RuntimeError(f"step {step}: rollouts from policy version(s) {sorted(stale)}, "
+                               f"expected {self.policy_version}: a generator missed a weight sync")
+        rewards = self._rewards(rows, groups)
+        t_reward = time.perf_counter()
+        advantages = compute_advantages(self.learner_algo.advantage, rewards, cfg.algo.std_floor)
+        keep = (topk_indices(rewards, cfg.algo.topk) if cfg.algo.topk
+                else torch.arange(rewards.shape[1]).expand_as(rewards))
+        rollouts = [groups[p][j] for p in range(len(groups)) for j in keep[p].tolist()]
+        adv = [float(advantages[p, j]) for p in range(len(groups)) for j in keep[p].tolist()]
+        ref_lp = None
+        if self.actors.reference is not None:
+            ref_lp = wait([self.actors.reference.logprobs.remote(rollouts)], ["distrl-reference"],
+                          cfg.run.timeout_s, "reference log-probs")[0]
+        t_ref = time.perf_counter()
+        metrics_ref, weights_ref = self.actors.learner.step.options(num_returns=2).remote(rollouts, adv, ref_lp)
+        train = wait([metrics_ref], ["distrl-learner"], cfg.run.timeout_s, "learner step")[0]
+        t_train = time.perf_counter()
+        sync_s = self._sync(weights_ref, int(train["policy_version"]))
+        all_rollouts = [r for g in groups for r in g]
+        completion_tokens = sum(len(r.completion_ids) for r in all_rollouts)
+        std = rewards.std(dim=-1) if rewards.shape[1] > 1 else torch.zeros(len(groups))
+        metrics = {
+            "step": step, "policy_version": self.policy_version,
+            "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+            "accuracy": float((rewards > 0.5).float().mean()),
+            "loss": train["loss"], "kl": train.get("kl", 0.0), "clip_frac": train["clip_frac"],
+            "logprob_gap": train["logprob_gap"], "grad_norm": train["grad_norm"],
+            "skipped_update": train["skipped_update"],
+            "completion_len_mean": completion_tokens / len(all_rollouts),
+            "truncated_frac": sum(r.finish_reason == "length" for r in all_rollouts) / len(all_rollouts),
+            "frac_zero_std": float((std < cfg.algo.std_floor).float().mean()),
+            "gen_s": t_gen - t0, "reward_s": t_reward - t_gen, "ref_s": t_ref - t_reward,
+            "train_s": t_train - t_ref, "sync_s": sync_s,
+            "tokens_per_s": completion_tokens / max(t_gen - t0, 1e-9),
+        }
+        metrics["step_s"] = time.perf_counter() - t0
+        return metrics
+
+    def train(self) -> dict:
+        cfg = self.cfg
+        os.makedirs(self.setup.output_dir, exist_ok=True)
+        with open(os.path.join(self.setup.output_dir, "config.json"), "w") as f:
+            json.dump(cfg.to_dict(), f, indent=2)
+        # Version 0 goes out too: generators never sample from weights the learner does not hold.
+        self._sync(self.actors.learner.publish.remote(), 0)
+        evals = {0: self.evaluate()}
+        self.log.write({"step": 0, "policy_version": 0, "eval_accuracy": evals[0]})
+        print(f"step 0/{cfg.run.max_steps} | eval_accuracy {evals[0]:.3f}", flush=True)
+        history = []
+        for step in range(1, cfg.run.max_steps + 1):
+            metrics = self.step(step)
+            if step == cfg.run.max_steps or (cfg.run.eval_every and step % cfg.run.eval_every == 0):
+                evals[step] = metrics["eval_accuracy"] = self.evaluate()
+            self.log.write(metrics)
+            history.append(metrics)
+            print(step_line(metrics, cfg.run.max_steps), flush=True)
+        final_dir = os.path.join(self.setup.output_dir, "final")
+        wait([self.actors.learner.save.remote(os.path.abspath(final_dir))], ["distrl-learner"],
+             cfg.run.timeout_s, "saving the final model")
+        summary = {"steps": len(history), "eval_accuracy_start": evals[0],
+                   "eval_accuracy_end": evals[max(evals)], "output_dir": self.setup.output_dir,
+                   "final_model": final_dir}
+        if history:
+            summary.update(
+                median_step_s=statistics.median(m["step_s"] for m in history),
+                tokens_per_s=statistics.median(m["tokens_per_s"] for m in history),
+                logprob_gap=statistics.median(m["logprob_gap"] for m in history))
+        return summary
+
+
+def run(cfg: TrainConfig) -> dict:
+    """Train as configured; returns the summary it also prints. ConfigError on bad input."""
+    setup = preflight(cfg)
+    connect(cfg)
+    actors = None
+    try:
+        check_resources(cfg, ray.available_resources())
+        actors = create_actors(cfg, setup.model_path)
+        summary = Trainer(cfg, setup, actors).train()
+        for line in summary_lines(summary):
+            print(line, flush=True)
+        return summary
+    finally:
+        if actors is not None:
+            for handle in [actors.learner, *actors.generators, actors.reference]:
+                if handle is not None:
+                    ray.kill(handle)
+        ray.shutdown()

@@ -1,0 +1,42 @@
+"""Run outputs: `metrics.jsonl` (one JSON object per line, the source of truth), the console
+line printed per step, and the closing summary."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+
+class MetricsLog:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def step_line(m: dict[str, Any], max_steps: int) -> str:
+    parts = [f"step {m['step']}/{max_steps}", f"reward {m['reward_mean']:.3f}", f"acc {m['accuracy']:.3f}",
+             f"loss {m['loss']:+.4f}", f"kl {m['kl']:.4f}", f"gap {m['logprob_gap']:.1e}",
+             f"len {m['completion_len_mean']:.1f}", f"{m['tokens_per_s']:.0f} tok/s",
+             f"{m['step_s']:.1f}s (gen {m['gen_s']:.1f} train {m['train_s']:.1f} sync {m['sync_s']:.2f})"]
+    if "eval_accuracy" in m:
+        parts.append(f"eval_accuracy {m['eval_accuracy']:.3f}")
+    return " | ".join(parts)
+
+
+def summary_lines(s: dict[str, Any]) -> list[str]:
+    lines = ["== distrl summary ==",
+             f"steps: {s['steps']}",
+             f"held-out accuracy: {s['eval_accuracy_start']:.3f} at step 0 -> "
+             f"{s['eval_accuracy_end']:.3f} at step {s['steps']}"]
+    if "median_step_s" in s:
+        lines += [f"seconds per step (median): {s['median_step_s']:.1f}",
+                  f"completion tokens/s (median): {s['tokens_per_s']:.1f}",
+                  f"logprob_gap (median): {s['logprob_gap']:.2e}"]
+    lines += [f"outputs: {s['output_dir']} (metrics.jsonl, config.json)",
+              f"final model: {s['final_model']}"]
+    return lines

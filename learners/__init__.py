@@ -1,0 +1,1 @@
+"""The learner actor (updates the policy, generates its own chunk) and the reference actor."""

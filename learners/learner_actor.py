@@ -1,0 +1,125 @@
+"""LearnerActor: updates the policy with PG/GRPO and publishes each new version's weights.
+
+A plain class (`launch/` applies `ray.remote`). One `step` = the loss over micro-batches of the
+rollouts it is given, one optimizer update, policy_version + 1, and the packed trainable weights
+of the new version as a second return value (one object-store write). It also generates its own
+chunk of each batch with its current weights. It does not compute rewards or advantages: those
+arrive with the rollouts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import torch
+
+from distrl.algorithms import get_learner, policy_loss
+from distrl.batch import Collated, collate, completion_logprobs
+from distrl.config import AlgoConfig, ModelConfig
+from distrl.generation import Rollout, SamplingParams
+from distrl.generation.hf import HFBackend
+from distrl.models import load_policy, load_tokenizer, pick_device, trainable_parameters
+from distrl.weights import PackedWeights, pack
+
+
+class LearnerActor:
+    def __init__(self, model_path: str, model_cfg: ModelConfig, algo_cfg: AlgoConfig,
+                 temperature: float, ref_mode: str = "none", seed: int = 0, torch_threads: int = 0) -> None:
+        torch.set_num_threads(torch_threads if torch_threads > 0 else (os.cpu_count() or 1))
+        torch.manual_seed(seed)
+        self.algo, self.temperature, self.ref_mode = algo_cfg, temperature, ref_mode
+        self.learner = get_learner(algo_cfg.learner)
+        self.device = pick_device()
+        self.tokenizer = load_tokenizer(model_path, model_cfg.trust_remote_code)
+        self.model = load_policy(model_path, model_cfg, self.device, seed=seed)
+        self.model.train()
+        self.params = trainable_parameters(self.model)
+        self.optimizer = torch.optim.AdamW(self.params.values(), lr=algo_cfg.lr,
+                                           weight_decay=algo_cfg.weight_decay, fused=True)
+        self.backend = HFBackend(self.model, self.tokenizer, self.device)
+        self.policy_version = 0
+        self.model_path, self.lora = model_path, model_cfg.lora_rank > 0
+
+    def ready(self) -> dict:
+        return {"pid": os.getpid(), "device": str(self.device), "threads": torch.get_num_threads(),
+                "trainable_params": sum(p.numel() for p in self.params.values())}
+
+    def publish(self) -> PackedWeights:
+        """The current version's trainable weights, packed (LoRA tensors only with LoRA)."""
+        return pack(self.params, self.policy_version)
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[list[Rollout]]:
+        return self.backend.generate(prompts, sampling, self.policy_version)
+
+    def step(self, rollouts: list[Rollout], advantages: list[float],
+             ref_logprobs: list[list[float]] | None = None) -> tuple[dict, PackedWeights]:
+        """One update on `rollouts` (flat) with one advantage each; returns (metrics, new weights)."""
+        start = time.perf_counter()
+        stale = [r.policy_version for r in rollouts if r.policy_version != self.policy_version]
+        if stale:
+            raise ValueError(f"rollouts from policy version {stale[0]} given to a learner at "
+                             f"version {self.policy_version}")
+        num_tokens = float(sum(len(r.completion_ids) for r in rollouts))
+        totals: dict[str, float] = {}
+        # Shortest first: rows of similar length share a micro-batch, so less padding is computed.
+        order = sorted(range(len(rollouts)), key=lambda i: len(rollouts[i].prompt_ids) + len(rollouts[i].completion_ids))
+        self.optimizer.zero_grad(set_to_none=True)
+        for s in range(0, len(order), self.algo.micro_batch_size):
+            idx = order[s: s + self.algo.micro_batch_size]
+            metrics = self._accumulate([rollouts[i] for i in idx], [advantages[i] for i in idx],
+                                       [ref_logprobs[i] for i in idx] if ref_logprobs else None,
+                                       num_tokens, len(rollouts))
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + v
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(
+            list(self.params.values()), self.algo.max_grad_norm if self.algo.max_grad_norm > 0 else math.inf))
+        skipped = not math.isfinite(grad_norm)
+        if not skipped:  # a non-finite gradient must never reach the weights
+            self.optimizer.step()
+            self.policy_version += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        totals.update(grad_norm=grad_norm, skipped_update=float(skipped), train_tokens=num_tokens,
+                      train_s=time.perf_counter() - start, policy_version=self.policy_version)
+        return totals, self.publish()
+
+    def _accumulate(self, rollouts: list[Rollout], advantages: list[float],
+                    ref_logprobs: list[list[float]] | None, num_tokens: float,
+                    num_seqs: int) -> dict[str, float]:
+        """Forward + backward of one micro-batch; the loss is normalised over the whole batch."""
+        batch = collate(rollouts, self.tokenizer.pad_token_id)
+        mask = batch.completion_mask.to(self.device)
+        logprobs = completion_logprobs(self.model, batch, self.temperature)
+        old = batch.old_logprobs.to(self.device)
+        ref = self._reference(batch, rollouts, ref_logprobs)
+        loss, metrics = policy_loss(
+            self.learner.loss, logprobs, old, torch.tensor(advantages, device=self.device), mask,
+            ref_logprobs=ref, beta=self.algo.beta, clip_eps=self.algo.clip_eps, agg=self.algo.loss_agg,
+            num_tokens=num_tokens, num_seqs=num_seqs)
+        loss.backward()
+        # The proof the generators hold our weights, read off this same (pre-update) forward:
+        # mean |generator log-prob - learner log-prob| over the sampled tokens.
+        gap = ((logprobs.detach() - old).abs() * mask).sum() / max(num_tokens, 1.0)
+        out = {k: float(v) for k, v in metrics.items()}
+        out["logprob_gap"] = float(gap)
+        return out
+
+    def _reference(self, batch: Collated, rollouts: list[Rollout],
+                   ref_logprobs: list[list[float]] | None) -> torch.Tensor | None:
+        if self.ref_mode == "adapter_disabled":
+            with torch.no_grad(), self.model.disable_adapter():
+                return completion_logprobs(self.model, batch, self.temperature)
+        if ref_logprobs is None:
+            return None
+        ref = torch.zeros_like(batch.old_logprobs)
+        for i, lp in enumerate(ref_logprobs):
+            ref[i, : len(lp)] = torch.tensor(lp)
+        return ref.to(self.device)
+
+    def save(self, path: str) -> str:
+        """Write the current policy: a full model folder, or an adapter folder with LoRA."""
+        os.makedirs(path, exist_ok=True)
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        return path

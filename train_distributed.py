@@ -1,0 +1,28 @@
+"""Entry point: parse flags into a TrainConfig and run the distributed trainer.
+
+    python train_distributed.py --number_of_actors 2 --learner grpo
+
+Bad input ends the run before any actor starts, with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from distrl.config import ConfigError, parse_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = parse_args(argv)
+        from launch.driver import run  # imports ray; --help and flag errors stay fast without it
+
+        run(cfg)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Rewards: numeric answers, math-verify, format, user plug-ins and what `score` refuses."""
+
+import pytest
+
+from distrl.rewards import load_reward, score
+from distrl.rewards.answers import extract_answer, format_reward, math_verify_reward, numeric_reward
+
+
+def test_numeric_reward_takes_last_number_or_boxed():
+    completions = ["12 + 35 = 47", "I think 46, no wait 47.", "\\boxed{47} is 12+35", "forty-seven", "47.0"]
+    assert numeric_reward([""] * 5, completions, answer=["47"] * 5) == [1.0, 1.0, 1.0, 0.0, 1.0]
+
+
+def test_numeric_reward_handles_negatives_and_thousands():
+    assert numeric_reward(["", ""], ["it is -25", "1,449"], answer=["-25", "1449"]) == [1.0, 1.0]
+    assert numeric_reward([""], ["25"], answer=["-25"]) == [0.0]
+    assert extract_answer("no digits here") is None
+
+
+def test_math_verify_reward_checks_equivalence():
+    got = math_verify_reward(["", "", ""], ["so $\\frac{1}{2}$", "0.5", "$\\frac{1}{3}$"], answer=["0.5", "1/2", "0.5"])
+    assert got == [1.0, 1.0, 0.0]
+
+
+def test_format_reward_wants_the_answer_last():
+    assert format_reward(["", "", ""], ["the sum is 47", "47 is the sum", "\\boxed{3}."]) == [1.0, 0.0, 1.0]
+
+
+def test_plugin_reward_loads_from_module_function():
+    fn = load_reward("tests.helpers:ones_fraction")
+    assert fn([""], ["1a1b"]) == [0.5]
+
+
+@pytest.mark.parametrize("spec,msg", [("nope", "unknown reward"), ("tests.helpers:missing", "no function"),
+                                      ("no_such_module_xyz:f", "cannot import")])
+def test_bad_reward_specs_say_why(spec, msg):
+    with pytest.raises(ValueError, match=msg):
+        load_reward(spec)
+
+
+@pytest.mark.parametrize("returned,msg", [(None, "returned None"), ([1.0], "returned 1 values"),
+                                          ([1.0, float("nan")], "non-finite"), ([float("inf"), 0.0], "non-finite")])
+def test_score_refuses_wrong_length_none_and_non_finite(returned, msg):
+    def reward(prompts, completions, **_):
+        return returned
+
+    with pytest.raises(ValueError, match=msg):
+        score(reward, ["p", "p"], ["a", "b"], {})
+
+
+def test_score_passes_row_columns_to_the_reward():
+    seen = {}
+
+    def reward(prompts, completions, answer, level):
+        seen.update(answer=answer, level=level)
+        return [0.0] * len(completions)
+
+    score(reward, ["p"], ["c"], {"answer": ["1"], "level": [3]})
+    assert seen == {"answer": ["1"], "level": [3]}

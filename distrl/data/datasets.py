@@ -16,6 +16,7 @@ def _load_table(spec: str):
     """A `datasets.Dataset` from a local file or a hub id (train split)."""
     import datasets
 
+    datasets.disable_progress_bars()  # keeps errors to one line; the driver prints its own progress
     ext = os.path.splitext(spec)[1].lower()
     if ext in _LOCAL_FORMATS:
         if not os.path.isfile(spec):

@@ -1,0 +1,81 @@
+"""Bad input ends the run before any actor (or Ray) starts: exit code 2 and one clear line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from distrl.config import ConfigError, RunConfig, TrainConfig, AlgoConfig, parse_args
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cli(*args, timeout=120):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run([sys.executable, "train_distributed.py", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr  # nothing else ran: no Ray start-up, no tracebacks
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_missing_model_path():
+    assert_one_line_error(cli("--model", "/no/such/model"), "model path '/no/such/model' does not exist")
+
+
+def test_hub_id_without_a_hub():
+    assert_one_line_error(cli("--model", "distrl-test-org/no-such-model-42"),
+                          "not a local folder and the hub could not provide it")
+
+
+def test_dataset_missing_fields_names_the_fields_it_has(tmp_path, tiny_model_dir):
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"question": "1+1", "solution": "2"}) + "\n")
+    assert_one_line_error(cli("--model", tiny_model_dir, "--dataset", str(data)),
+                          "no field 'prompt', 'answer'", "its fields are question, solution")
+
+
+def test_batch_smaller_than_the_generators_that_need_prompts():
+    assert_one_line_error(cli("--number_of_actors", "4", "--batch_size", "5", "--learner_chunk_size", "2"),
+                          "leaves 3 prompts for 4 generation actors", "raise --batch_size to >= 6")
+
+
+def test_topk_larger_than_num_candidates():
+    assert_one_line_error(cli("--topk", "5", "--num_candidates", "4"), "--topk 5 is larger than --num_candidates 4")
+
+
+def test_vllm_backend_is_refused_clearly():
+    assert_one_line_error(cli("--backend", "vllm"), "--backend vllm is not available")
+
+
+def test_unknown_learner_lists_choices():
+    proc = cli("--learner", "ppo")
+    assert proc.returncode == 2 and "choose from 'grpo', 'pg'" in proc.stderr
+
+
+def test_help_shows_each_flag_documented():
+    proc = cli("--help")
+    assert proc.returncode == 0
+    for text in ("--number_of_actors", "Completions sampled per prompt", "--learner {grpo,pg}",
+                 "KL coefficient", "--ray_address"):
+        assert text in proc.stdout
+
+
+def test_flags_reach_the_sub_configs():
+    cfg = parse_args(["--batch_size", "6", "--lora_rank", "8", "--beta", "0.05", "--learner", "pg"])
+    assert cfg.run.batch_size == 6 and cfg.model.lora_rank == 8 and cfg.algo.learner == "pg"
+    assert cfg.ref_mode == "adapter_disabled"  # auto with LoRA and beta > 0
+    assert TrainConfig().ref_mode == "none"  # beta 0: no reference model at all
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_group_based_learners_need_groups():
+    with pytest.raises(ConfigError, match="--num_candidates >= 2"):
+        TrainConfig(run=RunConfig(num_candidates=1), algo=AlgoConfig(learner="grpo"))

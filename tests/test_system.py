@@ -1,0 +1,82 @@
+"""End to end through the CLI on a real local Ray cluster, with a tiny model built from a config:
+2 generation actors + the learner's own chunk + a reference actor (or LoRA's disabled adapter)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REQUIRED = {"step", "policy_version", "reward_mean", "reward_std", "accuracy", "loss", "kl", "clip_frac",
+            "logprob_gap", "completion_len_mean", "frac_zero_std", "gen_s", "reward_s", "ref_s",
+            "train_s", "sync_s", "step_s", "tokens_per_s"}
+
+
+def train(args, tmp_path, timeout=600):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = [sys.executable, "train_distributed.py", "--output_dir", str(tmp_path), "--run_name", "run", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def tiny_run_args(model_dir, *extra):
+    return ["--model", model_dir, "--number_of_actors", "2", "--batch_size", "4", "--learner_chunk_size", "1",
+            "--num_candidates", "4", "--max_steps", "2", "--max_new_tokens", "8", "--num_eval", "4",
+            "--reward", "tests.helpers:ones_fraction", "--lr", "1e-2", "--learner", "grpo", *extra]
+
+
+def read_metrics(tmp_path):
+    with open(tmp_path / "run" / "metrics.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+def test_two_steps_full_finetune_with_reference_actor(tiny_model_dir, tmp_path):
+    proc = train(tiny_run_args(tiny_model_dir, "--beta", "0.1"), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = read_metrics(tmp_path)
+    assert lines[0]["step"] == 0 and "eval_accuracy" in lines[0]
+    steps = lines[1:]
+    assert [m["policy_version"] for m in steps] == [1, 2]
+    for m in steps:
+        assert REQUIRED <= set(m), REQUIRED - set(m)
+        assert m["logprob_gap"] < 1e-4
+        assert m["ref_s"] > 0
+    assert steps[-1]["kl"] > 0  # the policy moved away from the reference after update 1
+    assert "eval_accuracy" in steps[-1]
+    assert "== distrl summary ==" in proc.stdout and "held-out accuracy" in proc.stdout
+
+    from transformers import AutoModelForCausalLM
+
+    trained = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    diffs = [(a - b).abs().max().item() for a, b in zip(trained.parameters(), initial.parameters())]
+    assert max(diffs) > 1e-4
+
+
+def test_two_steps_lora_with_adapter_disabled_reference(tiny_model_dir, tmp_path):
+    proc = train(tiny_run_args(tiny_model_dir, "--lora_rank", "4", "--lora_alpha", "8", "--beta", "0.1",
+                               "--lr", "5e-2"), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = read_metrics(tmp_path)[1:]
+    assert [m["policy_version"] for m in steps] == [1, 2]
+    assert all(m["logprob_gap"] < 1e-4 for m in steps)
+    assert steps[0]["ref_s"] < 0.5  # no reference actor: the learner's disabled adapter serves it
+    assert steps[-1]["kl"] > 0
+
+    from peft import AutoPeftModelForCausalLM
+
+    final = tmp_path / "run" / "final"
+    assert (final / "adapter_config.json").exists() and not (final / "model.safetensors").exists()
+    model = AutoPeftModelForCausalLM.from_pretrained(final)
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and max(p.abs().max().item() for p in lora_b) > 0  # B starts at 0: it trained
+
+
+def test_more_actors_than_the_cluster_can_place(tiny_model_dir, tmp_path):
+    proc = train(["--model", tiny_model_dir, "--number_of_actors", "6", "--batch_size", "8",
+                  "--num_cpus_per_actor", "1"], tmp_path, timeout=300)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: 7 actors need 7 CPUs") and "free" in last

@@ -51,8 +51,8 @@ class DataConfig:
     eval_fraction: float = _field(0.1, "Fraction of the training data held out when there is no "
                                   "--eval_dataset.")
     num_eval: int = _field(50, "Held-out prompts scored (greedy) at each evaluation.")
-    system_prompt: str = _field("Answer with the final number only.", "System message put before "
-                                "each prompt by the chat template; empty = the template's default.")
+    system_prompt: str = _field("", "System message put before each prompt by the chat template; "
+                                "empty = the template's default.")
     reward: str = _field("numeric", "Reward: 'numeric' (last number or \\boxed{} equals the answer), "
                          "'math_verify' (math-verify equivalence), or 'module:function'.")
     format_reward_weight: float = _field(0.0, "Weight of an extra format reward (the completion "
@@ -67,7 +67,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    max_new_tokens: int = _field(48, "Longest completion, in tokens.")
+    max_new_tokens: int = _field(32, "Longest completion, in tokens.")
     temperature: float = _field(1.0, "Sampling temperature (log-probs are taken at this temperature).")
     top_p: float = _field(1.0, "Nucleus sampling; 1.0 = off.")
 
@@ -83,7 +83,7 @@ class SamplingConfig:
 @dataclass(frozen=True)
 class AlgoConfig:
     learner: str = _field("grpo", "Learning algorithm.", choices=sorted(LEARNERS))
-    lr: float = _field(5e-6, "AdamW learning rate.")
+    lr: float = _field(1e-5, "AdamW learning rate.")
     beta: float = _field(0.0, "KL coefficient to the reference model (k3 estimator); 0 = no "
                          "reference model.")
     clip_eps: float = _field(0.2, "PPO clip range for the ratio against generation-time log-probs.")
@@ -112,10 +112,10 @@ class RunConfig:
     num_candidates: int = _field(4, "Completions sampled per prompt (the group size).")
     learner_chunk_size: int = _field(2, "Prompts per step the learner generates itself; the rest "
                                      "is split evenly over the generation actors.")
-    max_steps: int = _field(12, "Training steps (one optimizer update each).")
+    max_steps: int = _field(20, "Training steps (one optimizer update each).")
     backend: str = _field("auto", "Generation backend: auto (vllm on GPU when installed, else hf), "
                           "hf (transformers), vllm.", choices=["auto", "hf", "vllm"])
-    eval_every: int = _field(0, "Evaluate every N steps (always at step 0 and at the end); 0 = "
+    eval_every: int = _field(10, "Evaluate every N steps (always at step 0 and at the end); 0 = "
                              "only then.")
     ref_mode: str = _field("auto", "Reference log-probs for the KL term: actor (a ReferenceActor), "
                            "adapter_disabled (LoRA base model inside the learner), none, or auto "
@@ -170,6 +170,9 @@ class TrainConfig:
         if LEARNERS[self.algo.learner].needs_groups and group < 2:
             raise ConfigError(f"--learner {self.algo.learner} compares completions within a group: "
                               "use --num_candidates >= 2 (and --topk 0 or >= 2)")
+        if self.algo.beta > 0 and self.run.ref_mode == "none":
+            raise ConfigError(f"--beta {self.algo.beta} needs reference log-probs: use --ref_mode "
+                              "auto/actor (or adapter_disabled with LoRA), or --beta 0")
         if self.ref_mode == "adapter_disabled" and self.model.lora_rank == 0:
             raise ConfigError("--ref_mode adapter_disabled needs LoRA (--lora_rank > 0)")
 

@@ -81,8 +81,8 @@ class Trainer:
         self.log = MetricsLog(os.path.join(setup.output_dir, "metrics.jsonl"))
 
     # -- pieces of a step -------------------------------------------------------------
-    def _encode(self, rows: list[dict], key: int | None = None) -> list[int]:
-        return encode_prompt(self.tokenizer, rows[key]["prompt"], self.cfg.data.system_prompt)
+    def _encode(self, rows: list[dict], index: int) -> list[int]:
+        return encode_prompt(self.tokenizer, rows[index]["prompt"], self.cfg.data.system_prompt)
 
     def _prompt_ids(self, index: int) -> list[int]:
         if index not in self._prompt_cache:

@@ -56,6 +56,15 @@ def test_broken_sync_makes_the_gap_jump(tiny_model_dir):
     assert broken_gap > 1e-2 and broken_gap > 1000 * synced_gap
 
 
+def test_all_zero_advantages_change_nothing_but_still_measure_the_gap(tiny_model_dir):
+    learner_actor, generator = _pair(tiny_model_dir, lr=3e-2)
+    before = {n: p.detach().clone() for n, p in learner_actor.params.items()}
+    rollouts, _ = _rollouts(generator, learner_actor, seed=0)
+    metrics, _ = learner_actor.step(rollouts, [0.0] * len(rollouts))
+    assert metrics["loss"] == 0.0 and metrics["grad_norm"] == 0.0 and metrics["logprob_gap"] < 1e-4
+    assert all(torch.equal(before[n], p) for n, p in learner_actor.params.items())
+
+
 def test_learner_refuses_rollouts_from_another_version(tiny_model_dir):
     learner_actor, generator = _pair(tiny_model_dir)
     rollouts, adv = _rollouts(generator, learner_actor, seed=0)

@@ -18,7 +18,8 @@ def _all_problems() -> list[dict[str, str]]:
     for a in range(10, 100):
         for b in range(10, 100):
             for op, fn in OPS.items():
-                rows.append({"prompt": f"What is {a} {op} {b}?", "answer": str(fn(a, b))})
+                rows.append({"prompt": f"What is {a} {op} {b}? Answer with just the number.",
+                             "answer": str(fn(a, b))})
     random.Random(_SPLIT_SEED).shuffle(rows)
     return rows
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from distrl.algorithms import LEARNERS, LOSS_AGGREGATIONS
+from distrl.optim import OPTIMIZERS
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -95,12 +96,19 @@ class AlgoConfig:
     micro_batch_size: int = _field(8, "Sequences per forward/backward pass.")
     max_grad_norm: float = _field(1.0, "Global gradient-norm clip; 0 = off.")
     weight_decay: float = _field(0.0, "AdamW weight decay.")
+    optimizer: str = _field("adamw", "adamw (torch fused, state beside the weights), cpu_adamw (fp32 "
+                            "master weights and moments in CPU memory), adamw_8bit (bitsandbytes).",
+                            choices=list(OPTIMIZERS))
+    grad_offload: bool = _field(False, "With cpu_adamw: move each gradient to CPU as backward "
+                                "produces it, so the device never holds a full gradient buffer.")
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
         if self.beta < 0:
             raise ConfigError(f"--beta must be >= 0, got {self.beta}")
+        if self.grad_offload and self.optimizer != "cpu_adamw":
+            raise ConfigError("--grad_offload needs --optimizer cpu_adamw")
         if self.micro_batch_size < 1:
             raise ConfigError(f"--micro_batch_size must be >= 1, got {self.micro_batch_size}")
 

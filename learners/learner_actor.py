@@ -21,6 +21,7 @@ from distrl.config import AlgoConfig, ModelConfig
 from distrl.generation import Rollout, SamplingParams
 from distrl.generation.hf import HFBackend
 from distrl.models import load_policy, load_tokenizer, pick_device, trainable_parameters
+from distrl.optim import clip_and_step, make_optimizer
 from distrl.weights import PackedWeights, pack
 
 
@@ -36,8 +37,8 @@ class LearnerActor:
         self.model = load_policy(model_path, model_cfg, self.device, seed=seed)
         self.model.train()
         self.params = trainable_parameters(self.model)
-        self.optimizer = torch.optim.AdamW(self.params.values(), lr=algo_cfg.lr,
-                                           weight_decay=algo_cfg.weight_decay, fused=True)
+        self.optimizer = make_optimizer(algo_cfg.optimizer, self.params.values(), algo_cfg.lr,
+                                        algo_cfg.weight_decay, algo_cfg.max_grad_norm, algo_cfg.grad_offload)
         self.backend = HFBackend(self.model, self.tokenizer, self.device)
         self.policy_version = 0
         self.model_path, self.lora = model_path, model_cfg.lora_rank > 0
@@ -65,7 +66,6 @@ class LearnerActor:
         totals: dict[str, float] = {}
         # Shortest first: rows of similar length share a micro-batch, so less padding is computed.
         order = sorted(range(len(rollouts)), key=lambda i: len(rollouts[i].prompt_ids) + len(rollouts[i].completion_ids))
-        self.optimizer.zero_grad(set_to_none=True)
         for s in range(0, len(order), self.algo.micro_batch_size):
             idx = order[s: s + self.algo.micro_batch_size]
             metrics = self._accumulate([rollouts[i] for i in idx], [advantages[i] for i in idx],
@@ -73,13 +73,10 @@ class LearnerActor:
                                        num_tokens, len(rollouts))
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + v
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(
-            list(self.params.values()), self.algo.max_grad_norm if self.algo.max_grad_norm > 0 else math.inf))
-        skipped = not math.isfinite(grad_norm)
-        if not skipped:  # a non-finite gradient must never reach the weights
-            self.optimizer.step()
+        grad_norm = clip_and_step(self.optimizer, list(self.params.values()), self.algo.max_grad_norm)
+        skipped = not math.isfinite(grad_norm)  # then the weights did not change
+        if not skipped:
             self.policy_version += 1
-        self.optimizer.zero_grad(set_to_none=True)
         totals.update(grad_norm=grad_norm, skipped_update=float(skipped), train_tokens=num_tokens,
                       train_s=time.perf_counter() - start, policy_version=self.policy_version)
         return totals, self.publish()

@@ -91,3 +91,33 @@ def test_mean_reward_rises_on_a_toy_task(tiny_model_dir, learner):
         history.append(rewards.mean().item())
     start, end = statistics.mean(history[:5]), statistics.mean(history[-5:])
     assert end > start + 0.2, history
+
+
+def test_cpu_adamw_learner_trains_like_adamw(tiny_model_dir):
+    """Same rollouts, same advantages: CPUAdamW (forced master copies + grad offload) and torch
+    AdamW end with the same weights."""
+    results = []
+    for algo in (AlgoConfig(lr=1e-2), AlgoConfig(lr=1e-2, optimizer="cpu_adamw", grad_offload=True)):
+        learner_actor = LearnerActor(tiny_model_dir, ModelConfig(), algo, temperature=1.0, torch_threads=1)
+        generator = GenerationActor(tiny_model_dir, ModelConfig(), torch_threads=1)
+        generator.load_weights(learner_actor.publish())
+        for step in range(3):
+            rollouts, adv = _rollouts(generator, learner_actor, seed=step)
+            metrics, packed = learner_actor.step(rollouts, adv)
+            generator.load_weights(packed)
+        results.append({n: p.detach().clone() for n, p in learner_actor.params.items()})
+    for name, p in results[0].items():
+        assert torch.allclose(p, results[1][name], atol=1e-5), name
+
+
+def test_adamw_8bit_learner_updates(tiny_model_dir):
+    learner_actor = LearnerActor(tiny_model_dir, ModelConfig(), AlgoConfig(lr=1e-2, optimizer="adamw_8bit"),
+                                 temperature=1.0, torch_threads=1)
+    generator = GenerationActor(tiny_model_dir, ModelConfig(), torch_threads=1)
+    generator.load_weights(learner_actor.publish())
+    assert type(learner_actor.optimizer).__name__ == "AdamW8bit"
+    before = {n: p.detach().clone() for n, p in learner_actor.params.items()}
+    rollouts, adv = _rollouts(generator, learner_actor, seed=0)
+    metrics, _ = learner_actor.step(rollouts, adv)
+    assert metrics["policy_version"] == 1
+    assert any(not torch.equal(before[n], p) for n, p in learner_actor.params.items())

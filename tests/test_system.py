@@ -74,6 +74,15 @@ def test_two_steps_lora_with_adapter_disabled_reference(tiny_model_dir, tmp_path
     assert lora_b and max(p.abs().max().item() for p in lora_b) > 0  # B starts at 0: it trained
 
 
+@pytest.mark.parametrize("optimizer", [["--optimizer", "cpu_adamw", "--grad_offload"], ["--optimizer", "adamw_8bit"]])
+def test_two_steps_with_memory_saving_optimizers(tiny_model_dir, tmp_path, optimizer):
+    proc = train(tiny_run_args(tiny_model_dir, *optimizer), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = read_metrics(tmp_path)[1:]
+    assert [m["policy_version"] for m in steps] == [1, 2]
+    assert all(m["logprob_gap"] < 1e-4 for m in steps)
+
+
 def test_more_actors_than_the_cluster_can_place(tiny_model_dir, tmp_path):
     proc = train(["--model", tiny_model_dir, "--number_of_actors", "6", "--batch_size", "8",
                   "--num_cpus_per_actor", "1"], tmp_path, timeout=300)

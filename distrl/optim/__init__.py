@@ -1,0 +1,50 @@
+"""Optimizers for the learner: CPU-offloaded AdamW, and the factory behind `--optimizer`."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+
+from distrl.optim.cpu_adamw import CPUAdamW
+
+OPTIMIZERS = ("adamw", "cpu_adamw", "adamw_8bit")
+
+
+def make_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float,
+                   max_grad_norm: float, grad_offload: bool = False):
+    """`adamw` (torch fused), `cpu_adamw` (fp32 masters + moments on CPU), `adamw_8bit` (bitsandbytes)."""
+    params = list(params)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    if name == "cpu_adamw":
+        return CPUAdamW(params, lr=lr, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
+                        grad_offload=grad_offload)
+    if name == "adamw_8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
+    raise KeyError(f"unknown optimizer '{name}'; valid: {', '.join(OPTIMIZERS)}")
+
+
+def clip_and_step(optimizer, params: list[torch.nn.Parameter], max_grad_norm: float) -> float:
+    """Clip the global gradient norm, update unless it is non-finite, clear gradients; return the
+    norm before clipping. CPUAdamW clips its own CPU gradients.
+
+    A parameter without a gradient steps with a zero one: the learner skips autograd for
+    micro-batches whose gradient is exactly zero, and momentum and weight decay must act as if
+    the backward had run."""
+    if isinstance(optimizer, CPUAdamW):
+        return optimizer.step()
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else math.inf))
+    if math.isfinite(norm):  # a non-finite gradient must never reach the weights
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm
+
+
+__all__ = ["CPUAdamW", "OPTIMIZERS", "clip_and_step", "make_optimizer"]

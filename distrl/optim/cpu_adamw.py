@@ -1,0 +1,160 @@
+"""CPUAdamW: AdamW whose fp32 master weights and moments live in CPU memory.
+
+The model on the device may be bf16/fp16; the update is torch's fused AdamW kernel on the CPU
+tensors (we do not hand-write Adam; the work here is the offload around it):
+
+- gradients reach CPU accumulators either at step time (one copy per tensor) or, with
+  `grad_offload=True`, as backward produces each one (post-accumulate-grad hooks): the copy is
+  queued asynchronously and the device gradient freed, so the device never holds a full
+  gradient buffer. Before the CPU step reads the accumulators we synchronise (LSRL's CPUAdamW
+  skips this: a race);
+- gradient accumulation over `accum_steps` calls of `step()`, global-norm clipping over the CPU
+  gradients, weight decay, and an LR schedule hook;
+- after the update the fp32 masters are copied back into the device parameters in their dtype;
+- when a parameter already is an fp32 CPU tensor it is its own master: no second copy is made.
+
+It does not shard state across ranks or own the model; the learner decides when to call it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable
+
+import torch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class CPUAdamW:
+    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float = 1e-5,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                 max_grad_norm: float = 0.0, accum_steps: int = 1, grad_offload: bool = False,
+                 lr_schedule: Callable[[int], float] | None = None,
+                 master_copy: bool | None = None) -> None:
+        """`master_copy=None` copies only parameters that are not fp32 CPU tensors already;
+        True forces separate masters (what a device model gets), False forbids them."""
+        if accum_steps < 1:
+            raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
+        self.params = [p for p in params if p.requires_grad]
+        self.base_lr, self.max_grad_norm, self.accum_steps = lr, max_grad_norm, accum_steps
+        self.lr_schedule, self.grad_offload = lr_schedule, grad_offload
+        self.num_updates, self.micro_steps = 0, 0
+        pin = torch.cuda.is_available()
+        self.masters: list[torch.Tensor] = []
+        for p in self.params:
+            own = p.device.type == "cpu" and p.dtype == torch.float32
+            if master_copy is False and not own:
+                raise ValueError("master_copy=False needs fp32 CPU parameters")
+            if own and not master_copy:
+                self.masters.append(p)  # the parameter is its own master: no copy
+                continue
+            master = torch.empty(p.shape, dtype=torch.float32, pin_memory=pin)
+            master.copy_(p.detach())
+            master.requires_grad_(True)
+            master.grad = torch.zeros(p.shape, dtype=torch.float32, pin_memory=pin)
+            self.masters.append(master)
+        self.separate = [m is not p for m, p in zip(self.masters, self.params)]
+        self.inner = torch.optim.AdamW(self.masters, lr=lr, betas=betas, eps=eps,
+                                       weight_decay=weight_decay, fused=True)
+        self._staging: dict[int, torch.Tensor] = {}
+        self._pending: set[int] = set()
+        self._hooks = []
+        if grad_offload:
+            for i, p in enumerate(self.params):
+                if self.separate[i]:
+                    self._hooks.append(p.register_post_accumulate_grad_hook(self._make_hook(i)))
+
+    # -- gradients --------------------------------------------------------------------
+    def _make_hook(self, i: int) -> Callable[[torch.Tensor], None]:
+        def hook(param: torch.Tensor) -> None:
+            self._drain(i)  # the previous micro-batch's copy of this tensor must land first
+            stage = self._staging.get(i)
+            if stage is None:
+                stage = self._staging[i] = torch.empty_like(self.masters[i].grad)
+            stage.copy_(param.grad, non_blocking=True)
+            self._pending.add(i)
+            param.grad = None  # the device never holds more than the gradients in flight
+
+        return hook
+
+    def _drain(self, i: int) -> None:
+        if i in self._pending:
+            _sync(self.params[i].device)
+            self.masters[i].grad.add_(self._staging[i])
+            self._pending.discard(i)
+
+    def _gather_grads(self) -> None:
+        """Bring every gradient into its CPU accumulator (synchronised) and free device grads."""
+        for i, p in enumerate(self.params):
+            if self.separate[i] and p.grad is not None:  # not taken by a hook: copy it now
+                self.masters[i].grad.add_(p.grad.to("cpu", torch.float32))
+                p.grad = None
+            elif not self.separate[i] and p.grad is None:  # own master: missing = zero gradient
+                p.grad = torch.zeros_like(p)
+        for i in sorted(self._pending):
+            self._drain(i)
+
+    # -- the update -------------------------------------------------------------------
+    @property
+    def lr(self) -> float:
+        return self.inner.param_groups[0]["lr"]
+
+    def step(self) -> float | None:
+        """Count one micro-step; every `accum_steps`-th call updates and returns the grad norm
+        (before clipping; inf/nan means the update was skipped), otherwise None."""
+        self.micro_steps += 1
+        self._gather_grads()
+        if self.micro_steps % self.accum_steps:
+            return None
+        grads = [m.grad for m in self.masters if m.grad is not None]
+        if self.accum_steps > 1:
+            for g in grads:
+                g.div_(self.accum_steps)
+        norm = float(torch.nn.utils.clip_grad_norm_(
+            self.masters, self.max_grad_norm if self.max_grad_norm > 0 else math.inf))
+        if math.isfinite(norm):
+            if self.lr_schedule is not None:
+                for group in self.inner.param_groups:
+                    group["lr"] = self.base_lr * self.lr_schedule(self.num_updates)
+            self.inner.step()
+            self.num_updates += 1
+            self._copy_back()
+        self.zero_grad()
+        return norm
+
+    def _copy_back(self) -> None:
+        devices = set()
+        with torch.no_grad():
+            for p, m, sep in zip(self.params, self.masters, self.separate):
+                if sep:
+                    p.copy_(m, non_blocking=True)
+                    devices.add(p.device)
+        for d in devices:  # the next forward must see the new weights
+            _sync(d)
+
+    def zero_grad(self) -> None:
+        for p, m, sep in zip(self.params, self.masters, self.separate):
+            if sep:
+                m.grad.zero_()
+                p.grad = None
+            else:
+                p.grad = None
+
+    # -- checkpoints ------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"inner": self.inner.state_dict(), "num_updates": self.num_updates,
+                "micro_steps": self.micro_steps,
+                "masters": [m.detach().clone() if sep else None for m, sep in zip(self.masters, self.separate)]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state["inner"])
+        self.num_updates, self.micro_steps = state["num_updates"], state["micro_steps"]
+        with torch.no_grad():
+            for m, saved in zip(self.masters, state["masters"]):
+                if saved is not None:
+                    m.copy_(saved)
+        self._copy_back()

@@ -1,0 +1,130 @@
+"""CPUAdamW against torch.optim.AdamW: same parameters, with accumulation, clipping, decay."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from distrl.optim import CPUAdamW
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+
+
+def _batches(n, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(4, 6, generator=g), torch.randn(4, 3, generator=g)) for _ in range(n)]
+
+
+def _loss(model, batch):
+    x, y = batch
+    return ((model(x) - y) ** 2).mean() * 5.0  # scaled so that clipping at 1.0 takes effect
+
+
+def _reference(model, batches, accum, lr=1e-2, wd=0.1, clip=1.0):
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
+    norms = []
+    for k in range(0, len(batches), accum):
+        for b in batches[k:k + accum]:
+            (_loss(model, b) / accum).backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip)))
+        opt.step()
+        opt.zero_grad()
+    return norms
+
+
+@pytest.mark.parametrize("master_copy,grad_offload", [(None, False), (True, False), (True, True)])
+@pytest.mark.parametrize("accum", [1, 2])
+def test_matches_torch_adamw_over_ten_steps(master_copy, grad_offload, accum):
+    batches = _batches(10 * accum)
+    ref_model, model = _model(), _model()
+    ref_norms = _reference(ref_model, batches, accum)
+    opt = CPUAdamW(model.parameters(), lr=1e-2, weight_decay=0.1, max_grad_norm=1.0, accum_steps=accum,
+                   grad_offload=grad_offload, master_copy=master_copy)
+    norms = []
+    for b in batches:
+        _loss(model, b).backward()
+        if grad_offload:  # the hooks took every gradient off the parameters during backward
+            assert all(p.grad is None for p in model.parameters())
+        norm = opt.step()
+        if norm is not None:
+            norms.append(norm)
+    assert norms == pytest.approx(ref_norms, rel=1e-5)
+    assert max(ref_norms) > 1.0  # clipping really happened
+    for a, b in zip(model.parameters(), ref_model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6), (a - b).abs().max()
+
+
+def test_no_second_copy_of_fp32_cpu_weights():
+    model = _model()
+    opt = CPUAdamW(model.parameters())
+    assert all(m is p for m, p in zip(opt.masters, model.parameters()))
+
+
+def test_grad_offload_and_plain_give_the_same_parameters():
+    batches = _batches(6)
+    a, b = _model(), _model()
+    oa = CPUAdamW(a.parameters(), lr=1e-2, master_copy=True, grad_offload=True, accum_steps=2)
+    ob = CPUAdamW(b.parameters(), lr=1e-2, master_copy=True, grad_offload=False, accum_steps=2)
+    for batch in batches:
+        _loss(a, batch).backward()
+        _loss(b, batch).backward()
+        oa.step()
+        ob.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+
+
+def test_low_precision_device_weights_follow_fp32_masters():
+    model = _model().to(torch.bfloat16)
+    opt = CPUAdamW(model.parameters(), lr=1e-2)
+    assert all(m.dtype == torch.float32 and m is not p for m, p in zip(opt.masters, model.parameters()))
+    x = torch.randn(4, 6, dtype=torch.bfloat16)
+    model(x).float().pow(2).mean().backward()
+    opt.step()
+    for p, m in zip(model.parameters(), opt.masters):
+        assert p.dtype == torch.bfloat16 and torch.equal(p, m.to(torch.bfloat16))
+
+
+def test_state_dict_round_trip_resumes_identically():
+    batches = _batches(8)
+    straight = _model()
+    opt = CPUAdamW(straight.parameters(), lr=1e-2, weight_decay=0.1, master_copy=True)
+    for b in batches:
+        _loss(straight, b).backward()
+        opt.step()
+
+    first = _model()
+    opt1 = CPUAdamW(first.parameters(), lr=1e-2, weight_decay=0.1, master_copy=True)
+    for b in batches[:4]:
+        _loss(first, b).backward()
+        opt1.step()
+    state = copy.deepcopy(opt1.state_dict())
+
+    resumed = _model(seed=5)  # different weights: the state must restore them
+    opt2 = CPUAdamW(resumed.parameters(), lr=1e-2, weight_decay=0.1, master_copy=True)
+    opt2.load_state_dict(state)
+    for b in batches[4:]:
+        _loss(resumed, b).backward()
+        opt2.step()
+    for a, b in zip(resumed.parameters(), straight.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_lr_schedule_hook_and_non_finite_gradients_skip():
+    model = _model()
+    opt = CPUAdamW(model.parameters(), lr=1e-2, lr_schedule=lambda update: 0.5 ** update)
+    before = [p.detach().clone() for p in model.parameters()]
+    _loss(model, _batches(1)[0]).backward()
+    next(model.parameters()).grad[0, 0] = float("nan")
+    assert math.isnan(opt.step())
+    assert opt.num_updates == 0
+    for p, q in zip(model.parameters(), before):
+        assert torch.equal(p, q)  # the NaN update was skipped
+    for k in range(3):
+        _loss(model, _batches(1, seed=k)[0]).backward()
+        opt.step()
+        assert opt.lr == pytest.approx(1e-2 * 0.5 ** k)

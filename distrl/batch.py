@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from distrl.algorithms import token_logprobs
 from distrl.generation.base import Rollout
@@ -49,16 +50,74 @@ def collate(rollouts: Sequence[Rollout], pad_id: int) -> Collated:
     return Collated(input_ids, attention_mask, positions, completion_ids, completion_mask, old_logprobs)
 
 
-def completion_logprobs(model: torch.nn.Module, batch: Collated, temperature: float) -> torch.Tensor:
-    """`(B, Tc)` log-probs of the completion tokens under `model` (differentiable; 0 on padding)."""
+def plan_microbatches(lengths: Sequence[int], max_rows: int, max_tokens: int = 0) -> list[list[int]]:
+    """Group row indices into micro-batches, shortest rows first, so rows of similar length share
+    one (less padding). Each holds at most `max_rows` rows and, with `max_tokens > 0`, at most
+    `max_tokens` padded tokens (rows x longest row); a row longer than the budget goes alone."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    plans: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        padded = (len(current) + 1) * lengths[i]  # sorted: row i is the longest so far
+        if current and (len(current) >= max_rows or (max_tokens and padded > max_tokens)):
+            plans.append(current)
+            current = []
+        current.append(i)
+    if current:
+        plans.append(current)
+    return plans
+
+
+def _split_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """(decoder body, output head) when logits are exactly `head(body(...))`, else None."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    # Models that rescale or soft-cap their logits after the head are left to the plain path.
+    if config is None or getattr(config, "final_logit_softcapping", None) or hasattr(config, "logit_scale"):
+        return None
+    try:
+        body, head = base.get_decoder(), base.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    return (body, head) if body is not None and isinstance(head, torch.nn.Linear) else None
+
+
+def completion_logprobs(model: torch.nn.Module, batch: Collated, temperature: float,
+                        chunk_size: int = 0) -> torch.Tensor:
+    """`(B, Tc)` log-probs of the completion tokens under `model` (differentiable; 0 on padding).
+
+    With `chunk_size > 0` (and a model whose logits are a plain linear head over the last hidden
+    states), the head runs only on completion positions, `chunk_size` of them at a time, each
+    chunk recomputed in backward: the full `(B, T, vocab)` logits never exist at once.
+    """
     device = next(model.parameters()).device
     input_ids = batch.input_ids.to(device)
     # Explicit positions 0..L-1 from the first prompt token: the same positions the generator
     # gave these tokens (its left padding is skipped by the attention mask).
     position_ids = torch.arange(input_ids.shape[1], device=device).expand_as(input_ids)
-    logits = model(input_ids=input_ids, attention_mask=batch.attention_mask.to(device),
-                   position_ids=position_ids, use_cache=False).logits
+    inputs = dict(input_ids=input_ids, attention_mask=batch.attention_mask.to(device),
+                  position_ids=position_ids, use_cache=False)
     index = batch.positions.to(device)
-    picked = torch.gather(logits[:, :-1], 1, index.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
-    logprobs = token_logprobs(picked, batch.completion_ids.to(device), temperature)
+    tokens = batch.completion_ids.to(device)
+    split = _split_head(model) if chunk_size > 0 else None
+    if split is None:
+        logits = model(**inputs).logits
+        picked = torch.gather(logits[:, :-1], 1, index.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+        logprobs = token_logprobs(picked, tokens, temperature)
+    else:
+        body, head = split
+        hidden = body(**inputs).last_hidden_state
+        hidden = torch.gather(hidden, 1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+
+        def chunk_logprobs(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return token_logprobs(head(h), t, temperature)
+
+        parts = []
+        for s in range(0, hidden.shape[1], chunk_size):
+            h, t = hidden[:, s: s + chunk_size], tokens[:, s: s + chunk_size]
+            if torch.is_grad_enabled():
+                parts.append(checkpoint(chunk_logprobs, h, t, use_reentrant=False))
+            else:
+                parts.append(chunk_logprobs(h, t))
+        logprobs = torch.cat(parts, dim=1)
     return logprobs * batch.completion_mask.to(device)

@@ -32,6 +32,13 @@ class ModelConfig:
                         "a local folder, or a hub id (only when the hub is reachable).")
     lora_rank: int = _field(0, "LoRA rank; 0 trains all weights (full fine-tune).")
     lora_alpha: int = _field(32, "LoRA alpha (scale = alpha / rank).")
+    lora_target_modules: str = _field("all-linear", "Modules that get LoRA: 'all-linear' or a "
+                                      "comma-separated list of module names (e.g. q_proj,v_proj).")
+    load_in_4bit: bool = _field(False, "QLoRA: load the base model in 4-bit NF4 with bitsandbytes "
+                                "(needs --lora_rank > 0); generators use the same 4-bit base.")
+    gradient_checkpointing: bool = _field(False, "Recompute activations in backward (learner only).")
+    unsloth: bool = _field(False, "Load the learner with Unsloth's FastLanguageModel (needs a CUDA "
+                           "GPU and `pip install -r requirements-unsloth.txt`).")
     dtype: str = _field("auto", "Weights dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, "
                         "bfloat16, float16.", choices=["auto", "float32", "bfloat16", "float16"])
     trust_remote_code: bool = _field(False, "Allow model code from the model folder/hub to run.")
@@ -39,6 +46,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.lora_rank < 0:
             raise ConfigError(f"--lora_rank must be >= 0 (0 = full fine-tune), got {self.lora_rank}")
+
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,11 @@ class AlgoConfig:
                            choices=list(LOSS_AGGREGATIONS))
     std_floor: float = _field(1e-4, "Groups whose reward std is below this get advantage 0.")
     micro_batch_size: int = _field(8, "Sequences per forward/backward pass.")
+    max_tokens_per_microbatch: int = _field(0, "Also cap each micro-batch at this many padded tokens "
+                                            "(rows x longest row; rows grouped by length); 0 = no cap.")
+    logprob_chunk_size: int = _field(0, "Compute log-probs from the last hidden states this many "
+                                     "completion positions at a time, so the full (B, T, vocab) "
+                                     "logits never exist at once; 0 = one full forward.")
     max_grad_norm: float = _field(1.0, "Global gradient-norm clip; 0 = off.")
     weight_decay: float = _field(0.0, "AdamW weight decay.")
     optimizer: str = _field("adamw", "adamw (torch fused, state beside the weights), cpu_adamw (fp32 "
@@ -178,6 +191,9 @@ class TrainConfig:
         if LEARNERS[self.algo.learner].needs_groups and group < 2:
             raise ConfigError(f"--learner {self.algo.learner} compares completions within a group: "
                               "use --num_candidates >= 2 (and --topk 0 or >= 2)")
+        if self.model.load_in_4bit and self.model.lora_rank == 0:
+            raise ConfigError("--load_in_4bit trains a LoRA adapter on a frozen 4-bit base: set "
+                              "--lora_rank (e.g. 16)")
         if self.algo.beta > 0 and self.run.ref_mode == "none":
             raise ConfigError(f"--beta {self.algo.beta} needs reference log-probs: use --ref_mode "
                               "auto/actor (or adapter_disabled with LoRA), or --beta 0")

@@ -139,25 +139,73 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
 
 
 def load_policy(path: str, cfg: ModelConfig, device: torch.device, seed: int = 0) -> torch.nn.Module:
-    """The policy model: full weights, or the base wrapped with a LoRA adapter when lora_rank > 0.
+    """The policy model: full weights, or the base wrapped with a LoRA adapter when lora_rank > 0
+    (on a 4-bit NF4 base with `load_in_4bit`).
 
     Every process that builds the policy calls this with the same seed, so the LoRA adapter's
-    parameter names (and initial values) agree across the learner and the generators.
+    parameter names (and initial values) agree across the learner and the generators, and a 4-bit
+    base is quantized the same way everywhere.
     """
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(cfg.dtype, device),
-                                                 trust_remote_code=cfg.trust_remote_code)
-    model.to(device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    kwargs: dict[str, Any] = dict(dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    if cfg.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+        kwargs["device_map"] = {"": device}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if not cfg.load_in_4bit:
+        model.to(device)
+    elif not any(type(m).__name__ == "Linear4bit" for m in model.modules()):
+        raise ConfigError(f"--load_in_4bit: bitsandbytes quantized no layer of this "
+                          f"{model.config.model_type} model; drop --load_in_4bit")
     model.generation_config.pad_token_id = model.generation_config.pad_token_id or model.config.eos_token_id
     if cfg.lora_rank > 0:
         from peft import LoraConfig, get_peft_model
 
         torch.manual_seed(seed)
-        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                          target_modules="all-linear", task_type="CAUSAL_LM")
+        targets = cfg.lora_target_modules
+        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, task_type="CAUSAL_LM",
+                          target_modules=targets if targets == "all-linear" else targets.split(","))
         model = get_peft_model(model, lora)
     return model
+
+
+def load_unsloth_policy(path: str, cfg: ModelConfig, seed: int = 0, max_seq_length: int = 2048) -> torch.nn.Module:
+    """The learner's policy through Unsloth's FastLanguageModel (CUDA only; checked in preflight).
+
+    Adapter names match `load_policy`'s peft model for the same target modules, so generators
+    built with `load_policy` load the broadcast adapter unchanged.
+    """
+    from unsloth import FastLanguageModel
+
+    model, _ = FastLanguageModel.from_pretrained(model_name=path, max_seq_length=max_seq_length, dtype=None,
+                                                 load_in_4bit=cfg.load_in_4bit)
+    if cfg.lora_rank > 0:
+        targets = (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+                   if cfg.lora_target_modules == "all-linear" else cfg.lora_target_modules.split(","))
+        model = FastLanguageModel.get_peft_model(
+            model, r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, bias="none",
+            target_modules=targets, random_state=seed,
+            use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False)
+    return model
+
+
+def check_unsloth(cfg: ModelConfig, gpus_per_actor: float) -> None:
+    """Refuse `--unsloth` where it cannot run, before any actor starts."""
+    import importlib.util
+
+    if not cfg.unsloth:
+        return
+    if gpus_per_actor <= 0 or not torch.cuda.is_available():
+        raise ConfigError("--unsloth needs a CUDA GPU for the learner: run on a GPU machine with "
+                          "--num_gpus_per_actor 1, or drop --unsloth")
+    if importlib.util.find_spec("unsloth") is None:
+        raise ConfigError("--unsloth: unsloth is not installed; pip install -r requirements-unsloth.txt "
+                          "(in its own environment: it pins older transformers/datasets)")
 
 
 def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:

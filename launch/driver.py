@@ -22,7 +22,7 @@ from distrl.config import ConfigError, TrainConfig
 from distrl.data import PromptSampler, load_splits
 from distrl.data.prompts import encode_prompt
 from distrl.generation import Rollout, SamplingParams, resolve_backend
-from distrl.models import load_tokenizer, resolve_model
+from distrl.models import check_unsloth, load_tokenizer, resolve_model
 from distrl.rewards import load_reward, score
 from launch.cluster import Actors, check_resources, connect, create_actors
 from launch.metrics import MetricsLog, step_line, summary_lines
@@ -43,6 +43,7 @@ class Setup:
 def preflight(cfg: TrainConfig) -> Setup:
     """Resolve model, data and reward; raise ConfigError on bad input. Starts no actor."""
     resolve_backend(cfg.run.backend)
+    check_unsloth(cfg.model, cfg.run.num_gpus_per_actor)
     try:
         reward = load_reward(cfg.data.reward)
     except ValueError as e:

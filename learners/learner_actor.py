@@ -16,11 +16,12 @@ import time
 import torch
 
 from distrl.algorithms import get_learner, policy_loss
-from distrl.batch import Collated, collate, completion_logprobs
+from distrl.batch import Collated, collate, completion_logprobs, plan_microbatches
 from distrl.config import AlgoConfig, ModelConfig
 from distrl.generation import Rollout, SamplingParams
 from distrl.generation.hf import HFBackend
-from distrl.models import load_policy, load_tokenizer, pick_device, trainable_parameters
+from distrl.models import (load_policy, load_tokenizer, load_unsloth_policy, pick_device,
+                           trainable_parameters)
 from distrl.optim import clip_and_step, make_optimizer
 from distrl.weights import PackedWeights, pack
 
@@ -34,7 +35,13 @@ class LearnerActor:
         self.learner = get_learner(algo_cfg.learner)
         self.device = pick_device()
         self.tokenizer = load_tokenizer(model_path, model_cfg.trust_remote_code)
-        self.model = load_policy(model_path, model_cfg, self.device, seed=seed)
+        if model_cfg.unsloth:
+            self.model = load_unsloth_policy(model_path, model_cfg, seed=seed)
+        else:
+            self.model = load_policy(model_path, model_cfg, self.device, seed=seed)
+        if model_cfg.gradient_checkpointing and not model_cfg.unsloth:
+            # Non-reentrant checkpointing needs no input grads, so it works with frozen embeddings (LoRA).
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model.train()
         self.params = trainable_parameters(self.model)
         self.optimizer = make_optimizer(algo_cfg.optimizer, self.params.values(), algo_cfg.lr,
@@ -64,10 +71,8 @@ class LearnerActor:
                              f"version {self.policy_version}")
         num_tokens = float(sum(len(r.completion_ids) for r in rollouts))
         totals: dict[str, float] = {}
-        # Shortest first: rows of similar length share a micro-batch, so less padding is computed.
-        order = sorted(range(len(rollouts)), key=lambda i: len(rollouts[i].prompt_ids) + len(rollouts[i].completion_ids))
-        for s in range(0, len(order), self.algo.micro_batch_size):
-            idx = order[s: s + self.algo.micro_batch_size]
+        lengths = [len(r.prompt_ids) + len(r.completion_ids) for r in rollouts]
+        for idx in plan_microbatches(lengths, self.algo.micro_batch_size, self.algo.max_tokens_per_microbatch):
             metrics = self._accumulate([rollouts[i] for i in idx], [advantages[i] for i in idx],
                                        [ref_logprobs[i] for i in idx] if ref_logprobs else None,
                                        num_tokens, len(rollouts))
@@ -92,7 +97,7 @@ class LearnerActor:
         # a third of the cost (frequent early on, when most groups score all 0).
         needs_grad = any(a != 0.0 for a in advantages) or (self.algo.beta > 0 and self.ref_mode != "none")
         with torch.set_grad_enabled(needs_grad):
-            logprobs = completion_logprobs(self.model, batch, self.temperature)
+            logprobs = completion_logprobs(self.model, batch, self.temperature, self.algo.logprob_chunk_size)
         old = batch.old_logprobs.to(self.device)
         ref = self._reference(batch, rollouts, ref_logprobs)
         loss, metrics = policy_loss(
@@ -112,7 +117,7 @@ class LearnerActor:
                    ref_logprobs: list[list[float]] | None) -> torch.Tensor | None:
         if self.ref_mode == "adapter_disabled":
             with torch.no_grad(), self.model.disable_adapter():
-                return completion_logprobs(self.model, batch, self.temperature)
+                return completion_logprobs(self.model, batch, self.temperature, self.algo.logprob_chunk_size)
         if ref_logprobs is None:
             return None
         ref = torch.zeros_like(batch.old_logprobs)

@@ -28,11 +28,11 @@ def build_tokenizer():
     return tok
 
 
-def build_tiny_model(folder: str, seed: int = 0) -> str:
+def build_tiny_model(folder: str, seed: int = 0, hidden: int = 32) -> str:
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     tok = build_tokenizer()
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                          tie_word_embeddings=False, pad_token_id=tok.pad_token_id,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
@@ -49,3 +49,9 @@ def build_tiny_model(folder: str, seed: int = 0) -> str:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     return build_tiny_model(str(tmp_path_factory.mktemp("tiny-llama")))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir_64(tmp_path_factory) -> str:
+    """Hidden size 64: bitsandbytes' CPU 4-bit kernels quantize rows in blocks of 64."""
+    return build_tiny_model(str(tmp_path_factory.mktemp("tiny-llama-64")), hidden=64)

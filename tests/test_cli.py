@@ -79,3 +79,15 @@ def test_flags_reach_the_sub_configs():
 def test_group_based_learners_need_groups():
     with pytest.raises(ConfigError, match="--num_candidates >= 2"):
         TrainConfig(run=RunConfig(num_candidates=1), algo=AlgoConfig(learner="grpo"))
+
+
+def test_unsloth_without_a_gpu_is_refused():
+    assert_one_line_error(cli("--unsloth", "--lora_rank", "16"), "--unsloth needs a CUDA GPU")
+
+
+def test_4bit_needs_lora():
+    assert_one_line_error(cli("--load_in_4bit"), "--load_in_4bit trains a LoRA adapter", "--lora_rank")
+
+
+def test_grad_offload_needs_cpu_adamw():
+    assert_one_line_error(cli("--grad_offload"), "--grad_offload needs --optimizer cpu_adamw")

@@ -7,7 +7,7 @@ from typing import Iterable
 
 import torch
 
-from distrl.optim.cpu_adamw import CPUAdamW
+from distrl.optim.cpu_adamw import CPUAdamW, clip_coef, scaled_step
 
 OPTIMIZERS = ("adamw", "cpu_adamw", "adamw_8bit")
 
@@ -40,9 +40,9 @@ def clip_and_step(optimizer, params: list[torch.nn.Parameter], max_grad_norm: fl
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else math.inf))
+    norm = float(torch.nn.utils.get_total_norm([p.grad for p in params]))
     if math.isfinite(norm):  # a non-finite gradient must never reach the weights
-        optimizer.step()
+        scaled_step(optimizer, 1.0 / clip_coef(norm, max_grad_norm))
     optimizer.zero_grad(set_to_none=True)
     return norm
 

@@ -24,6 +24,31 @@ from typing import Any, Callable, Iterable
 import torch
 
 
+def clip_coef(norm: float, max_norm: float) -> float:
+    """The factor `clip_grad_norm_` would scale gradients by (1 when not clipping)."""
+    return min(1.0, max_norm / (norm + 1e-6)) if max_norm > 0 else 1.0
+
+
+def scaled_step(optimizer: torch.optim.Optimizer, divisor: float) -> None:
+    """`optimizer.step()` on gradients divided by `divisor`, without rewriting them when the
+    optimizer is torch's fused AdamW/Adam (the kernel unscales as it reads, as under AMP)."""
+    if divisor == 1.0:
+        optimizer.step()
+        return
+    fused = isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW) and optimizer.defaults.get("fused")
+    if fused:
+        device = optimizer.param_groups[0]["params"][0].device
+        optimizer.grad_scale = torch.tensor(divisor, dtype=torch.float32, device=device)
+        try:
+            optimizer.step()
+        finally:
+            optimizer.grad_scale = None
+        return
+    grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    torch._foreach_div_(grads, divisor)
+    optimizer.step()
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -111,16 +136,14 @@ class CPUAdamW:
         if self.micro_steps % self.accum_steps:
             return None
         grads = [m.grad for m in self.masters if m.grad is not None]
-        if self.accum_steps > 1:
-            for g in grads:
-                g.div_(self.accum_steps)
-        norm = float(torch.nn.utils.clip_grad_norm_(
-            self.masters, self.max_grad_norm if self.max_grad_norm > 0 else math.inf))
+        norm = float(torch.nn.utils.get_total_norm(grads)) / self.accum_steps
         if math.isfinite(norm):
             if self.lr_schedule is not None:
                 for group in self.inner.param_groups:
                     group["lr"] = self.base_lr * self.lr_schedule(self.num_updates)
-            self.inner.step()
+            # Averaging and clipping ride inside the fused kernel: it divides every gradient by
+            # `grad_scale` as it reads it, which saves two full passes over the gradients.
+            scaled_step(self.inner, self.accum_steps / clip_coef(norm, self.max_grad_norm))
             self.num_updates += 1
             self._copy_back()
         self.zero_grad()

@@ -159,9 +159,17 @@ def load_policy(path: str, cfg: ModelConfig, device: torch.device, seed: int = 0
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if not cfg.load_in_4bit:
         model.to(device)
-    elif not any(type(m).__name__ == "Linear4bit" for m in model.modules()):
-        raise ConfigError(f"--load_in_4bit: bitsandbytes quantized no layer of this "
-                          f"{model.config.model_type} model; drop --load_in_4bit")
+    else:
+        quantized = [m for m in model.modules() if type(m).__name__ == "Linear4bit"]
+        if not quantized:
+            raise ConfigError(f"--load_in_4bit: bitsandbytes quantized no layer of this "
+                              f"{model.config.model_type} model; drop --load_in_4bit")
+        for module in quantized:
+            # On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights (absmax in bf16) the
+            # first time a module runs in eval mode without grad: generators would then sample
+            # from other numerics than the learner trains (logprob_gap ~1e-2 instead of ~1e-4).
+            # One kernel path everywhere keeps the proof of sync meaningful.
+            module.support_avx512bf16_for_cpu = False
     model.generation_config.pad_token_id = model.generation_config.pad_token_id or model.config.eos_token_id
     if cfg.lora_rank > 0:
         from peft import LoraConfig, get_peft_model

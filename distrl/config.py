@@ -39,8 +39,9 @@ class ModelConfig:
     gradient_checkpointing: bool = _field(False, "Recompute activations in backward (learner only).")
     unsloth: bool = _field(False, "Load the learner with Unsloth's FastLanguageModel (needs a CUDA "
                            "GPU and `pip install -r requirements-unsloth.txt`).")
-    dtype: str = _field("auto", "Weights dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, "
-                        "bfloat16, float16.", choices=["auto", "float32", "bfloat16", "float16"])
+    dtype: str = _field("auto", "Weights dtype: auto (bfloat16 on CUDA with LoRA, whose adapter "
+                        "stays fp32; else float32), float32, bfloat16, float16.",
+                        choices=["auto", "float32", "bfloat16", "float16"])
     trust_remote_code: bool = _field(False, "Allow model code from the model folder/hub to run.")
 
     def __post_init__(self) -> None:
@@ -194,6 +195,11 @@ class TrainConfig:
         if self.model.load_in_4bit and self.model.lora_rank == 0:
             raise ConfigError("--load_in_4bit trains a LoRA adapter on a frozen 4-bit base: set "
                               "--lora_rank (e.g. 16)")
+        if (self.model.dtype in ("bfloat16", "float16") and self.model.lora_rank == 0
+                and self.algo.optimizer != "cpu_adamw"):
+            raise ConfigError(f"--dtype {self.model.dtype} full fine-tuning with --optimizer "
+                              f"{self.algo.optimizer} loses every update smaller than the weights' "
+                              "precision: use --optimizer cpu_adamw (fp32 masters), LoRA, or --dtype float32")
         if self.algo.beta > 0 and self.run.ref_mode == "none":
             raise ConfigError(f"--beta {self.algo.beta} needs reference log-probs: use --ref_mode "
                               "auto/actor (or adapter_disabled with LoRA), or --beta 0")

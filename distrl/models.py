@@ -116,9 +116,11 @@ def _resolve_hub_id(name: str) -> str:
     return name
 
 
-def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:
+def resolve_dtype(name: str, device: torch.device | str, lora: bool = False) -> torch.dtype:
+    """`auto`: bf16 on CUDA with LoRA (the trained adapter stays fp32), else fp32: a plain
+    optimizer stepping bf16 weights loses every update below bf16's precision."""
     if name == "auto":
-        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+        return torch.bfloat16 if (torch.device(device).type == "cuda" and lora) else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
@@ -148,7 +150,7 @@ def load_policy(path: str, cfg: ModelConfig, device: torch.device, seed: int = 0
     """
     from transformers import AutoModelForCausalLM
 
-    dtype = resolve_dtype(cfg.dtype, device)
+    dtype = resolve_dtype(cfg.dtype, device, lora=cfg.lora_rank > 0)
     kwargs: dict[str, Any] = dict(dtype=dtype, trust_remote_code=cfg.trust_remote_code)
     if cfg.load_in_4bit:
         from transformers import BitsAndBytesConfig
@@ -171,6 +173,7 @@ def load_policy(path: str, cfg: ModelConfig, device: torch.device, seed: int = 0
             # One kernel path everywhere keeps the proof of sync meaningful.
             module.support_avx512bf16_for_cpu = False
     model.generation_config.pad_token_id = model.generation_config.pad_token_id or model.config.eos_token_id
+    disable_dropout(model)
     if cfg.lora_rank > 0:
         from peft import LoraConfig, get_peft_model
 
@@ -180,6 +183,22 @@ def load_policy(path: str, cfg: ModelConfig, device: torch.device, seed: int = 0
                           target_modules=targets if targets == "all-linear" else targets.split(","))
         model = get_peft_model(model, lora)
     return model
+
+
+_DROPOUT_ATTRS = ("attention_dropout", "hidden_dropout", "dropout", "attn_pdrop", "resid_pdrop",
+                  "embd_pdrop", "hidden_dropout_prob", "attention_probs_dropout_prob", "activation_dropout")
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Zero every dropout: the learner runs in train mode (for gradient checkpointing) and its
+    log-probs must equal the generators' eval-mode ones, or the PPO ratio is noise on-policy."""
+    for module in [model, *model.modules()]:
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for holder in (module, getattr(module, "config", None)):
+            for attr in _DROPOUT_ATTRS:
+                if isinstance(getattr(holder, attr, None), float):
+                    setattr(holder, attr, 0.0)
 
 
 def load_unsloth_policy(path: str, cfg: ModelConfig, seed: int = 0, max_seq_length: int = 2048) -> torch.nn.Module:

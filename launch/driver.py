@@ -97,9 +97,12 @@ class Trainer:
     def _generate(self, prompts: list[list[int]], sampling: SamplingParams,
                   learner_share: int) -> list[list[Rollout]]:
         """Learner takes the first `learner_share` prompts, generators split the rest evenly."""
-        workers, rest = self._workers(), prompts[learner_share:]
+        workers = self._workers()
         gens = workers[1:]
-        chunks = [prompts[:learner_share]] + [rest[i::len(gens)] for i in range(len(gens))] if gens else [prompts]
+        if not gens:
+            learner_share = len(prompts)
+        rest = prompts[learner_share:]
+        chunks = [prompts[:learner_share]] + [rest[i::len(gens)] for i in range(len(gens))]
         refs, names, owners = [], [], []
         for w, ((actor, name), chunk) in enumerate(zip(workers, chunks)):
             if chunk:

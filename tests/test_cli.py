@@ -91,3 +91,15 @@ def test_4bit_needs_lora():
 
 def test_grad_offload_needs_cpu_adamw():
     assert_one_line_error(cli("--grad_offload"), "--grad_offload needs --optimizer cpu_adamw")
+
+
+def test_low_precision_full_finetune_needs_fp32_masters():
+    with pytest.raises(ConfigError, match="use --optimizer cpu_adamw"):
+        parse_args(["--dtype", "bfloat16"])
+    assert parse_args(["--dtype", "bfloat16", "--optimizer", "cpu_adamw"]).model.dtype == "bfloat16"
+    from distrl.models import resolve_dtype
+    import torch
+
+    assert resolve_dtype("auto", "cuda", lora=False) == torch.float32
+    assert resolve_dtype("auto", "cuda", lora=True) == torch.bfloat16
+    assert resolve_dtype("auto", "cpu", lora=True) == torch.float32

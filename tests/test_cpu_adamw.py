@@ -89,23 +89,24 @@ def test_low_precision_device_weights_follow_fp32_masters():
         assert p.dtype == torch.bfloat16 and torch.equal(p, m.to(torch.bfloat16))
 
 
-def test_state_dict_round_trip_resumes_identically():
+@pytest.mark.parametrize("master_copy", [None, True])
+def test_state_dict_round_trip_resumes_identically(master_copy):
     batches = _batches(8)
     straight = _model()
-    opt = CPUAdamW(straight.parameters(), lr=1e-2, weight_decay=0.1, master_copy=True)
+    opt = CPUAdamW(straight.parameters(), lr=1e-2, weight_decay=0.1, master_copy=master_copy)
     for b in batches:
         _loss(straight, b).backward()
         opt.step()
 
     first = _model()
-    opt1 = CPUAdamW(first.parameters(), lr=1e-2, weight_decay=0.1, master_copy=True)
+    opt1 = CPUAdamW(first.parameters(), lr=1e-2, weight_decay=0.1, master_copy=master_copy)
     for b in batches[:4]:
         _loss(first, b).backward()
         opt1.step()
     state = copy.deepcopy(opt1.state_dict())
 
     resumed = _model(seed=5)  # different weights: the state must restore them
-    opt2 = CPUAdamW(resumed.parameters(), lr=1e-2, weight_decay=0.1, master_copy=True)
+    opt2 = CPUAdamW(resumed.parameters(), lr=1e-2, weight_decay=0.1, master_copy=master_copy)
     opt2.load_state_dict(state)
     for b in batches[4:]:
         _loss(resumed, b).backward()

@@ -121,3 +121,30 @@ def test_adamw_8bit_learner_updates(tiny_model_dir):
     metrics, _ = learner_actor.step(rollouts, adv)
     assert metrics["policy_version"] == 1
     assert any(not torch.equal(before[n], p) for n, p in learner_actor.params.items())
+
+
+def test_model_dropout_is_off_so_learner_matches_generators(tmp_path):
+    from tests.conftest import build_tiny_model
+
+    model_dir = build_tiny_model(str(tmp_path / "dropout"), attention_dropout=0.5)
+    learner_actor, generator = _pair(model_dir)
+    rollouts, adv = _rollouts(generator, learner_actor, seed=0)
+    assert learner_actor.step(rollouts, adv)[0]["logprob_gap"] < 1e-4
+
+
+def test_model_generation_config_does_not_change_sampling(tmp_path, tiny_model_dir):
+    """A repetition penalty shipped in a model's generation_config would bias the samples away
+    from the distribution the log-probs describe; we sample with our own settings only."""
+    import shutil
+
+    from transformers import GenerationConfig
+
+    penalised = str(tmp_path / "penalised")
+    shutil.copytree(tiny_model_dir, penalised)
+    GenerationConfig.from_pretrained(penalised, repetition_penalty=5.0, min_p=0.5).save_pretrained(penalised)
+    outputs = []
+    for folder in (tiny_model_dir, penalised):
+        _, generator = _pair(folder)
+        groups = generator.generate([[5, 6, 7]], SamplingParams(n=4, max_new_tokens=12, seed=3))
+        outputs.append([r.completion_ids for r in groups[0]])
+    assert outputs[0] == outputs[1]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformers import GenerationConfig
 
 from distrl.algorithms import token_logprobs
 from distrl.generation.base import Rollout, SamplingParams
@@ -45,12 +46,22 @@ class HFBackend:
         self.model.eval()
         ids, mask = self._left_pad(prompts)
         torch.manual_seed(sampling.seed)
-        sample_kwargs = (dict(do_sample=False) if sampling.greedy else
-                         dict(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0))
-        out = self.model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=sampling.max_new_tokens,
-            num_return_sequences=sampling.n, pad_token_id=self.pad_id, eos_token_id=self.eos_ids,
-            output_logits=not sampling.greedy, return_dict_in_generate=True, **sample_kwargs)
+        config = GenerationConfig(
+            max_new_tokens=sampling.max_new_tokens, num_return_sequences=sampling.n,
+            pad_token_id=self.pad_id, eos_token_id=self.eos_ids, output_logits=not sampling.greedy,
+            return_dict_in_generate=True,
+            **(dict(do_sample=False) if sampling.greedy else
+               dict(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)))
+        # transformers fills every field we leave unset from the model's own generation_config,
+        # which may carry repetition penalties, min_p, beams...: samples would then come from
+        # another distribution than the log-probs describe. Hide it while we generate.
+        hf_model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        shipped, hf_model.generation_config = hf_model.generation_config, GenerationConfig(
+            eos_token_id=self.eos_ids, pad_token_id=self.pad_id)
+        try:
+            out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+        finally:
+            hf_model.generation_config = shipped
         self.model.train(was_training)
         completions = out.sequences[:, ids.shape[1]:].cpu()
         if sampling.greedy:

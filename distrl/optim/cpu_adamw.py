@@ -30,8 +30,9 @@ def clip_coef(norm: float, max_norm: float) -> float:
 
 
 def scaled_step(optimizer: torch.optim.Optimizer, divisor: float) -> None:
-    """`optimizer.step()` on gradients divided by `divisor`, without rewriting them when the
-    optimizer is torch's fused AdamW/Adam (the kernel unscales as it reads, as under AMP)."""
+    """`optimizer.step()` on gradients divided by `divisor`. With torch's fused AdamW/Adam the
+    kernel unscales as it reads (as under AMP, writing the unscaled gradients back), so no
+    separate pass over the gradients is needed; other optimizers get a foreach division."""
     if divisor == 1.0:
         optimizer.step()
         return
@@ -68,7 +69,7 @@ class CPUAdamW:
         self.base_lr, self.max_grad_norm, self.accum_steps = lr, max_grad_norm, accum_steps
         self.lr_schedule, self.grad_offload = lr_schedule, grad_offload
         self.num_updates, self.micro_steps = 0, 0
-        pin = torch.cuda.is_available()
+        self.pin = pin = torch.cuda.is_available()
         self.masters: list[torch.Tensor] = []
         for p in self.params:
             own = p.device.type == "cpu" and p.dtype == torch.float32
@@ -86,6 +87,7 @@ class CPUAdamW:
         self.inner = torch.optim.AdamW(self.masters, lr=lr, betas=betas, eps=eps,
                                        weight_decay=weight_decay, fused=True)
         self._staging: dict[int, torch.Tensor] = {}
+        self._events: dict[int, torch.cuda.Event] = {}
         self._pending: set[int] = set()
         self._hooks = []
         if grad_offload:
@@ -98,9 +100,12 @@ class CPUAdamW:
         def hook(param: torch.Tensor) -> None:
             self._drain(i)  # the previous micro-batch's copy of this tensor must land first
             stage = self._staging.get(i)
-            if stage is None:
-                stage = self._staging[i] = torch.empty_like(self.masters[i].grad)
+            if stage is None:  # pinned, so the device-to-host copy really runs asynchronously
+                stage = self._staging[i] = torch.empty(param.shape, dtype=torch.float32, pin_memory=self.pin)
             stage.copy_(param.grad, non_blocking=True)
+            if param.device.type == "cuda":
+                self._events[i] = torch.cuda.Event()
+                self._events[i].record()
             self._pending.add(i)
             param.grad = None  # the device never holds more than the gradients in flight
 
@@ -108,7 +113,9 @@ class CPUAdamW:
 
     def _drain(self, i: int) -> None:
         if i in self._pending:
-            _sync(self.params[i].device)
+            event = self._events.pop(i, None)
+            if event is not None:  # wait for this tensor's copy only, not the whole device
+                event.synchronize()
             self.masters[i].grad.add_(self._staging[i])
             self._pending.discard(i)
 
@@ -142,7 +149,7 @@ class CPUAdamW:
                 for group in self.inner.param_groups:
                     group["lr"] = self.base_lr * self.lr_schedule(self.num_updates)
             # Averaging and clipping ride inside the fused kernel: it divides every gradient by
-            # `grad_scale` as it reads it, which saves two full passes over the gradients.
+            # `grad_scale` as it reads it, which saves a separate pass over the gradients.
             scaled_step(self.inner, self.accum_steps / clip_coef(norm, self.max_grad_norm))
             self.num_updates += 1
             self._copy_back()
@@ -171,13 +178,13 @@ class CPUAdamW:
     def state_dict(self) -> dict[str, Any]:
         return {"inner": self.inner.state_dict(), "num_updates": self.num_updates,
                 "micro_steps": self.micro_steps,
-                "masters": [m.detach().clone() if sep else None for m, sep in zip(self.masters, self.separate)]}
+                # Every master, own ones too: the moments are only valid with these weights.
+                "masters": [m.detach().clone() for m in self.masters]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.inner.load_state_dict(state["inner"])
         self.num_updates, self.micro_steps = state["num_updates"], state["micro_steps"]
         with torch.no_grad():
             for m, saved in zip(self.masters, state["masters"]):
-                if saved is not None:
-                    m.copy_(saved)
+                m.copy_(saved)
         self._copy_back()

@@ -40,22 +40,40 @@ class PackedWeights:
         return sum(b.nbytes for b in self.buffers.values())
 
 
+class WeightPacker:
+    """Packs the same named tensors version after version into buffers allocated once.
+
+    The returned PackedWeights views these buffers, so it is valid until the next `pack`; Ray
+    copies it into the object store when it is returned from an actor method or put, which is
+    what makes it a snapshot.
+    """
+
+    def __init__(self, named: dict[str, torch.Tensor]) -> None:
+        self.index, sizes = [], {}
+        for name, t in named.items():
+            dtype = str(t.dtype)
+            if dtype not in _DTYPES:
+                raise TypeError(f"cannot pack {name}: unsupported dtype {t.dtype}")
+            self.index.append(TensorSlot(name, dtype, tuple(t.shape), sizes.get(dtype, 0), t.numel()))
+            sizes[dtype] = sizes.get(dtype, 0) + t.numel()
+        self.flat = {dtype: torch.empty(n, dtype=_DTYPES[dtype]) for dtype, n in sizes.items()}
+
+    def pack(self, named: dict[str, torch.Tensor], policy_version: int) -> PackedWeights:
+        if len(named) != len(self.index):
+            raise ValueError(f"packer holds {len(self.index)} tensors, got {len(named)}")
+        with torch.no_grad():
+            for slot in self.index:
+                src = named[slot.name].detach()
+                if tuple(src.shape) != slot.shape or str(src.dtype) != slot.dtype:
+                    raise ValueError(f"{slot.name} changed shape or dtype since the packer was built")
+                self.flat[slot.dtype][slot.offset: slot.offset + slot.numel].copy_(src.reshape(-1))
+        buffers = {dtype: t.view(torch.uint8).numpy() for dtype, t in self.flat.items()}
+        return PackedWeights(policy_version=policy_version, index=list(self.index), buffers=buffers)
+
+
 def pack(named: dict[str, torch.Tensor], policy_version: int) -> PackedWeights:
-    """Copy `named` tensors (any device) into one CPU byte buffer per dtype."""
-    index, sizes = [], {}
-    for name, t in named.items():
-        dtype = str(t.dtype)
-        if dtype not in _DTYPES:
-            raise TypeError(f"cannot pack {name}: unsupported dtype {t.dtype}")
-        index.append(TensorSlot(name, dtype, tuple(t.shape), sizes.get(dtype, 0), t.numel()))
-        sizes[dtype] = sizes.get(dtype, 0) + t.numel()
-    flat = {dtype: torch.empty(n, dtype=_DTYPES[dtype]) for dtype, n in sizes.items()}
-    with torch.no_grad():
-        for slot in index:
-            src = named[slot.name].detach().reshape(-1)
-            flat[slot.dtype][slot.offset: slot.offset + slot.numel].copy_(src)
-    buffers = {dtype: t.view(torch.uint8).numpy() for dtype, t in flat.items()}
-    return PackedWeights(policy_version=policy_version, index=index, buffers=buffers)
+    """Copy `named` tensors (any device) into fresh CPU byte buffers, one per dtype."""
+    return WeightPacker(named).pack(named, policy_version)
 
 
 def _views(packed: PackedWeights) -> dict[str, torch.Tensor]:

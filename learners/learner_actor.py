@@ -23,7 +23,7 @@ from distrl.generation.hf import HFBackend
 from distrl.models import (load_policy, load_tokenizer, load_unsloth_policy, pick_device,
                            trainable_parameters)
 from distrl.optim import clip_and_step, make_optimizer
-from distrl.weights import PackedWeights, pack
+from distrl.weights import PackedWeights, WeightPacker
 
 
 class LearnerActor:
@@ -47,6 +47,7 @@ class LearnerActor:
         self.optimizer = make_optimizer(algo_cfg.optimizer, self.params.values(), algo_cfg.lr,
                                         algo_cfg.weight_decay, algo_cfg.max_grad_norm, algo_cfg.grad_offload)
         self.backend = HFBackend(self.model, self.tokenizer, self.device)
+        self.packer = WeightPacker(self.params)  # one buffer, rewritten for every version
         self.policy_version = 0
         self.model_path, self.lora = model_path, model_cfg.lora_rank > 0
 
@@ -56,7 +57,7 @@ class LearnerActor:
 
     def publish(self) -> PackedWeights:
         """The current version's trainable weights, packed (LoRA tensors only with LoRA)."""
-        return pack(self.params, self.policy_version)
+        return self.packer.pack(self.params, self.policy_version)
 
     def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[list[Rollout]]:
         return self.backend.generate(prompts, sampling, self.policy_version)

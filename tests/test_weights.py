@@ -5,7 +5,7 @@ import torch
 
 from distrl.config import ModelConfig
 from distrl.models import load_policy, trainable_parameters
-from distrl.weights import load_packed, pack, unpack
+from distrl.weights import WeightPacker, load_packed, pack, unpack
 
 
 def test_round_trip_is_exact_for_mixed_dtypes():
@@ -57,3 +57,16 @@ def test_loading_refuses_unknown_names_and_wrong_shapes():
         load_packed(target, pack({"v": torch.ones(2, 2)}, 1))
     with pytest.raises(ValueError, match="shape"):
         load_packed(target, pack({"w": torch.ones(4)}, 1))
+
+
+def test_packer_reuses_its_buffer_and_refuses_changed_tensors():
+    named = {"a": torch.zeros(3), "b": torch.ones(2, 2)}
+    packer = WeightPacker(named)
+    first = packer.pack(named, 1)
+    ptr = first.buffers["torch.float32"].ctypes.data
+    named["a"] += 5.0
+    second = packer.pack(named, 2)
+    assert second.buffers["torch.float32"].ctypes.data == ptr  # no new allocation per version
+    assert unpack(second)["a"].tolist() == [5.0, 5.0, 5.0] and second.policy_version == 2
+    with pytest.raises(ValueError, match="changed shape"):
+        packer.pack({"a": torch.zeros(4), "b": torch.ones(2, 2)}, 3)

@@ -2,7 +2,8 @@
 
     python train_distributed.py --number_of_actors 2 --learner grpo
 
-Bad input ends the run before any actor starts, with one line on stderr and exit code 2.
+Bad input ends the run before any actor starts, with one line on stderr and exit code 2; an
+actor that misses a deadline ends it with one line naming the actor and exit code 1.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except TimeoutError as e:  # a deadline was missed; the message names the actor
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -151,13 +151,17 @@ class RunConfig:
     num_gpus_per_actor: float = _field(0.0, "GPUs Ray reserves for each actor (1 on a GPU box).")
     torch_threads: int = _field(0, "Torch threads per actor; 0 = auto (generators 1, learner all "
                                 "cores of its node).")
-    timeout_s: float = _field(1800.0, "Deadline for any single remote call.")
+    timeout_s: float = _field(1800.0, "Deadline for any single remote call (generation, learning).")
+    sync_timeout_s: float = _field(120.0, "Deadline for every generator to load a new policy version; "
+                                   "a generator that misses it stops the run with its name.")
 
     def __post_init__(self) -> None:
         if self.number_of_actors < 0:
             raise ConfigError(f"--number_of_actors must be >= 0, got {self.number_of_actors}")
         if self.num_candidates < 1:
             raise ConfigError(f"--num_candidates must be >= 1, got {self.num_candidates}")
+        if self.timeout_s <= 0 or self.sync_timeout_s <= 0:
+            raise ConfigError("--timeout_s and --sync_timeout_s must be > 0")
         if self.max_steps < 0:
             raise ConfigError(f"--max_steps must be >= 0, got {self.max_steps}")
         if not 0 <= self.learner_chunk_size <= self.batch_size:

@@ -124,7 +124,7 @@ class Trainer:
         if self.actors.generators:
             refs = [g.load_weights.remote(weights_ref) for g in self.actors.generators]
             names = [f"distrl-generator-{i}" for i in range(len(refs))]
-            loaded = wait(refs, names, self.cfg.run.timeout_s, "weight sync")
+            loaded = wait(refs, names, self.cfg.run.sync_timeout_s, f"weight sync to version {version}")
             wrong = [n for n, v in zip(names, loaded) if v != version]
             if wrong:
                 raise RuntimeError(f"weight sync: {', '.join(wrong)} did not load version {version}")

@@ -11,11 +11,13 @@ import dataclasses
 import json
 import os
 import statistics
+import sys
 import time
 from typing import Any, Sequence
 
 import ray
 import torch
+from tqdm import tqdm
 
 from distrl.algorithms import compute_advantages, get_learner, topk_indices
 from distrl.config import ConfigError, TrainConfig
@@ -217,13 +219,19 @@ class Trainer:
         self.log.write({"step": 0, "policy_version": 0, "eval_accuracy": evals[0]})
         print(f"step 0/{cfg.run.max_steps} | eval_accuracy {evals[0]:.3f}", flush=True)
         history = []
+        # A bar with ETA on a terminal; in job logs (not a terminal) only the plain step lines.
+        bar = tqdm(total=cfg.run.max_steps, desc="steps", unit="step", disable=not sys.stdout.isatty(),
+                   leave=False)
         for step in range(1, cfg.run.max_steps + 1):
             metrics = self.step(step)
             if step == cfg.run.max_steps or (cfg.run.eval_every and step % cfg.run.eval_every == 0):
                 evals[step] = metrics["eval_accuracy"] = self.evaluate()
             self.log.write(metrics)
             history.append(metrics)
-            print(step_line(metrics, cfg.run.max_steps), flush=True)
+            line = step_line(metrics, cfg.run.max_steps)
+            print(line, flush=True) if bar.disable else bar.write(line)
+            bar.update(1)
+        bar.close()
         final_dir = os.path.join(self.setup.output_dir, "final")
         wait([self.actors.learner.save.remote(os.path.abspath(final_dir))], ["distrl-learner"],
              cfg.run.timeout_s, "saving the final model")

@@ -27,7 +27,7 @@ from distrl.generation import Rollout, SamplingParams, resolve_backend
 from distrl.models import check_unsloth, load_tokenizer, resolve_model
 from distrl.rewards import load_reward, score
 from launch.cluster import Actors, check_resources, connect, create_actors
-from launch.metrics import MetricsLog, step_line, summary_lines
+from launch.metrics import DashboardMetrics, MetricsLog, step_line, summary_lines
 
 
 @dataclasses.dataclass
@@ -82,6 +82,7 @@ class Trainer:
         self.weights_ref = None
         self._prompt_cache: dict[int, list[int]] = {}
         self.log = MetricsLog(os.path.join(setup.output_dir, "metrics.jsonl"))
+        self.dashboard = DashboardMetrics(os.path.basename(setup.output_dir))
 
     # -- pieces of a step -------------------------------------------------------------
     def _encode(self, rows: list[dict], index: int) -> list[int]:
@@ -217,6 +218,7 @@ class Trainer:
         self._sync(self.actors.learner.publish.remote(), 0)
         evals = {0: self.evaluate()}
         self.log.write({"step": 0, "policy_version": 0, "eval_accuracy": evals[0]})
+        self.dashboard.record({"step": 0, "policy_version": 0, "eval_accuracy": evals[0]})
         print(f"step 0/{cfg.run.max_steps} | eval_accuracy {evals[0]:.3f}", flush=True)
         history = []
         # A bar with ETA on a terminal; in job logs (not a terminal) only the plain step lines.
@@ -227,6 +229,7 @@ class Trainer:
             if step == cfg.run.max_steps or (cfg.run.eval_every and step % cfg.run.eval_every == 0):
                 evals[step] = metrics["eval_accuracy"] = self.evaluate()
             self.log.write(metrics)
+            self.dashboard.record(metrics)
             history.append(metrics)
             line = step_line(metrics, cfg.run.max_steps)
             print(line, flush=True) if bar.disable else bar.write(line)

@@ -1,5 +1,6 @@
-"""Run outputs: `metrics.jsonl` (one JSON object per line, the source of truth), the console
-line printed per step, and the closing summary."""
+"""Run outputs: `metrics.jsonl` (one JSON object per line, the source of truth), gauges for the
+Ray dashboard (`ray.util.metrics`, tagged with the run name), the console line printed per step,
+and the closing summary."""
 
 from __future__ import annotations
 
@@ -16,6 +17,28 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+# metrics.jsonl keys exported as dashboard gauges, named distrl_<key>.
+DASHBOARD_KEYS = ("step", "policy_version", "reward_mean", "accuracy", "eval_accuracy", "loss", "kl",
+                  "logprob_gap", "completion_len_mean", "tokens_per_s", "gen_s", "reward_s", "ref_s",
+                  "train_s", "sync_s", "step_s")
+
+
+class DashboardMetrics:
+    """Gauges in Ray's metrics export (Prometheus format), so the dashboard can chart a run."""
+
+    def __init__(self, run_name: str) -> None:
+        from ray.util.metrics import Gauge
+
+        self.tags = {"run": run_name}
+        self.gauges = {k: Gauge(f"distrl_{k}", description=f"distrl {k} (see metrics.jsonl)",
+                                tag_keys=("run",)) for k in DASHBOARD_KEYS}
+
+    def record(self, metrics: dict[str, Any]) -> None:
+        for key, gauge in self.gauges.items():
+            if key in metrics:
+                gauge.set(float(metrics[key]), tags=self.tags)
 
 
 def step_line(m: dict[str, Any], max_steps: int) -> str:

@@ -67,10 +67,17 @@ class DataConfig:
                          "'math_verify' (math-verify equivalence), or 'module:function'.")
     format_reward_weight: float = _field(0.0, "Weight of an extra format reward (the completion "
                                          "ends with its answer); 0 = off.")
+    reward_timeout_s: float = _field(10.0, "Deadline for one reward call (one completion); a call "
+                                     "past it scores --reward_default and is counted.")
+    reward_default: float = _field(0.0, "Score of a completion whose reward raised or timed out.")
+    max_reward_error_rate: float = _field(0.1, "Stop the run when more than this fraction of a "
+                                          "step's reward calls raise or time out.")
 
     def __post_init__(self) -> None:
         if not 0.0 < self.eval_fraction < 1.0:
             raise ConfigError(f"--eval_fraction must be in (0, 1), got {self.eval_fraction}")
+        if self.reward_timeout_s <= 0:
+            raise ConfigError(f"--reward_timeout_s must be > 0, got {self.reward_timeout_s}")
         if self.num_eval < 1:
             raise ConfigError(f"--num_eval must be >= 1, got {self.num_eval}")
 

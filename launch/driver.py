@@ -25,7 +25,8 @@ from distrl.data import PromptSampler, load_splits
 from distrl.data.prompts import encode_prompt
 from distrl.generation import Rollout, SamplingParams, resolve_backend
 from distrl.models import check_unsloth, load_tokenizer, resolve_model
-from distrl.rewards import load_reward, score
+from distrl.rewards import load_reward
+from distrl.rewards.pool import RewardPool, RewardStats
 from launch.cluster import Actors, check_resources, connect, create_actors
 from launch.metrics import DashboardMetrics, MetricsLog, step_line, summary_lines
 
@@ -38,7 +39,7 @@ class Setup:
     tokenizer: Any
     train_rows: list[dict]
     eval_rows: list[dict]
-    reward_fns: list[tuple[Any, float]]
+    reward_specs: list[tuple[str, float]]  # (registered name or module:function, weight)
     output_dir: str
 
 
@@ -47,17 +48,17 @@ def preflight(cfg: TrainConfig) -> Setup:
     resolve_backend(cfg.run.backend)
     check_unsloth(cfg.model, cfg.run.num_gpus_per_actor)
     try:
-        reward = load_reward(cfg.data.reward)
+        load_reward(cfg.data.reward)  # imports here, so a bad spec fails before any process starts
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    reward_fns = [(reward, 1.0)]
+    reward_specs = [(cfg.data.reward, 1.0)]
     if cfg.data.format_reward_weight:
-        reward_fns.append((load_reward("format"), cfg.data.format_reward_weight))
+        reward_specs.append(("format", cfg.data.format_reward_weight))
     train_rows, eval_rows = load_splits(cfg.data, cfg.run.seed)
     model_path = resolve_model(cfg.model.model)
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     run_name = cfg.run.run_name or time.strftime("run-%Y%m%d-%H%M%S")
-    return Setup(model_path, tokenizer, train_rows, eval_rows, reward_fns,
+    return Setup(model_path, tokenizer, train_rows, eval_rows, reward_specs,
                  os.path.join(cfg.run.output_dir, run_name))
 
 
@@ -83,6 +84,13 @@ class Trainer:
         self._prompt_cache: dict[int, list[int]] = {}
         self.log = MetricsLog(os.path.join(setup.output_dir, "metrics.jsonl"))
         self.dashboard = DashboardMetrics(os.path.basename(setup.output_dir))
+        timeout, default = cfg.data.reward_timeout_s, cfg.data.reward_default
+        self.rewards = RewardPool(setup.reward_specs, timeout, default)
+        self.eval_reward = RewardPool(setup.reward_specs[:1], timeout, default)
+
+    def close(self) -> None:
+        self.rewards.close()
+        self.eval_reward.close()
 
     # -- pieces of a step -------------------------------------------------------------
     def _encode(self, rows: list[dict], index: int) -> list[int]:
@@ -134,17 +142,30 @@ class Trainer:
         self.weights_ref, self.policy_version = weights_ref, version  # the old object is released
         return time.perf_counter() - start
 
-    def _rewards(self, rows: list[dict], groups: list[list[Rollout]]) -> torch.Tensor:
+    def _score(self, pool: RewardPool, prompts: list[str], completions: list[str],
+               columns: dict[str, list]) -> tuple[list[float], RewardStats]:
+        """Score in the reward process; stop on malformed results or too many failures."""
+        scores, stats = pool.score(prompts, completions, columns)
+        if stats.bad_results:
+            raise ValueError(f"{stats.bad_results[0]} (in {len(stats.bad_results)} of "
+                             f"{len(completions)} calls): fix the reward function")
+        failed = stats.errors + stats.timeouts
+        if failed > self.cfg.data.max_reward_error_rate * len(completions):
+            raise RuntimeError(f"reward failed on {failed} of {len(completions)} completions "
+                               f"({stats.timeouts} timeouts), above --max_reward_error_rate "
+                               f"{self.cfg.data.max_reward_error_rate}; first error:\n"
+                               f"{stats.first_traceback or 'timeout'}")
+        return scores, stats
+
+    def _rewards(self, rows: list[dict], groups: list[list[Rollout]]) -> tuple[torch.Tensor, RewardStats]:
         """`(P, G)` rewards; completions decoded without special tokens."""
         flat_rows = [row for row, g in zip(rows, groups) for _ in g]
         completions = [self.tokenizer.decode(r.completion_ids, skip_special_tokens=True)
                        for g in groups for r in g]
         prompts = [row["prompt"] for row in flat_rows]
         columns = {k: [row[k] for row in flat_rows] for k in flat_rows[0] if k != "prompt"}
-        total = torch.zeros(len(completions))
-        for fn, weight in self.setup.reward_fns:
-            total += weight * torch.tensor(score(fn, prompts, completions, columns))
-        return total.view(len(groups), -1)
+        scores, stats = self._score(self.rewards, prompts, completions, columns)
+        return torch.tensor(scores).view(len(groups), -1), stats
 
     def evaluate(self) -> float:
         """Greedy accuracy (main reward > 0.5) on the held-out prompts, spread over generators."""
@@ -155,8 +176,7 @@ class Trainer:
         groups = self._generate(prompts, sampling, learner_share=share)
         completions = [self.tokenizer.decode(g[0].completion_ids, skip_special_tokens=True) for g in groups]
         columns = {k: [row[k] for row in rows] for k in rows[0] if k != "prompt"}
-        fn = self.setup.reward_fns[0][0]
-        correct = score(fn, [r["prompt"] for r in rows], completions, columns)
+        correct, _ = self._score(self.eval_reward, [r["prompt"] for r in rows], completions, columns)
         return sum(1.0 for c in correct if c > 0.5) / len(correct)
 
     # -- the loop ---------------------------------------------------------------------
@@ -173,7 +193,7 @@ class Trainer:
         if stale:
             raise RuntimeError(f"step {step}: rollouts from policy version(s) {sorted(stale)}, "
                                f"expected {self.policy_version}: a generator missed a weight sync")
-        rewards = self._rewards(rows, groups)
+        rewards, reward_stats = self._rewards(rows, groups)
         t_reward = time.perf_counter()
         advantages = compute_advantages(self.learner_algo.advantage, rewards, cfg.algo.std_floor)
         keep = (topk_indices(rewards, cfg.algo.topk) if cfg.algo.topk
@@ -202,6 +222,7 @@ class Trainer:
             "completion_len_mean": completion_tokens / len(all_rollouts),
             "truncated_frac": sum(r.finish_reason == "length" for r in all_rollouts) / len(all_rollouts),
             "frac_zero_std": float((std < cfg.algo.std_floor).float().mean()),
+            "reward_errors": reward_stats.errors, "reward_timeouts": reward_stats.timeouts,
             "gen_s": t_gen - t0, "reward_s": t_reward - t_gen, "ref_s": t_ref - t_reward,
             "train_s": t_train - t_ref, "sync_s": sync_s,
             "tokens_per_s": completion_tokens / max(t_gen - t0, 1e-9),
@@ -257,7 +278,11 @@ def run(cfg: TrainConfig) -> dict:
     try:
         check_resources(cfg, ray.available_resources())
         actors = create_actors(cfg, setup.model_path)
-        summary = Trainer(cfg, setup, actors).train()
+        trainer = Trainer(cfg, setup, actors)
+        try:
+            summary = trainer.train()
+        finally:
+            trainer.close()
         for line in summary_lines(summary):
             print(line, flush=True)
         return summary

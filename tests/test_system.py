@@ -89,3 +89,10 @@ def test_more_actors_than_the_cluster_can_place(tiny_model_dir, tmp_path):
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: 7 actors need 7 CPUs") and "free" in last
+
+
+def test_a_reward_that_always_raises_stops_the_run_with_its_traceback(tiny_model_dir, tmp_path):
+    proc = train(tiny_run_args(tiny_model_dir, "--reward", "tests.helpers:always_raises",
+                               "--max_steps", "1"), tmp_path, timeout=300)
+    assert proc.returncode != 0
+    assert "above --max_reward_error_rate" in proc.stderr and "KeyError: 'missing'" in proc.stderr

@@ -1,0 +1,91 @@
+"""Run reward functions in a separate process, one completion per call, each with a deadline.
+
+A reward that raises or runs past `timeout_s` (a runaway sympy simplification, a user bug) scores
+`default` for that completion and is counted; the worker process of a call that timed out is
+killed and replaced, so the run never freezes on a reward. What a reward returns is still
+checked strictly (one finite number): a wrong result is a bug to fix, not a score to guess.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+_FNS: dict[str, Any] = {}
+
+
+def _call(spec: str, prompt: str, completion: str, row: dict[str, Any]) -> tuple[float | None, str | None]:
+    """In the worker: (value, None), or (None, traceback) when the reward raised or returned
+    something that is not one finite number."""
+    from distrl.rewards import load_reward, score
+
+    try:
+        fn = _FNS.get(spec) or _FNS.setdefault(spec, load_reward(spec))
+        return score(fn, [prompt], [completion], {k: [v] for k, v in row.items()})[0], None
+    except Exception:
+        return None, traceback.format_exc()
+
+
+@dataclass
+class RewardStats:
+    errors: int = 0
+    timeouts: int = 0
+    first_traceback: str | None = None
+    bad_results: list[str] = field(default_factory=list)
+
+
+class RewardPool:
+    def __init__(self, specs: Sequence[tuple[str, float]], timeout_s: float = 10.0, default: float = 0.0) -> None:
+        self.specs, self.timeout_s, self.default = list(specs), timeout_s, default
+        # spawn: the driver holds Ray's threads, which a fork would copy half-alive.
+        self._context = multiprocessing.get_context("spawn")
+        self._executor = self._start()
+
+    def _start(self) -> cf.ProcessPoolExecutor:
+        return cf.ProcessPoolExecutor(max_workers=1, mp_context=self._context)
+
+    def _restart(self) -> None:
+        for process in list(getattr(self._executor, "_processes", {}).values()):
+            process.kill()  # the hung call never returns on its own
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor = self._start()
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str],
+              columns: dict[str, Sequence[Any]]) -> tuple[list[float], RewardStats]:
+        """Weighted sum of every reward per completion, and what went wrong along the way."""
+        stats = RewardStats()
+        totals = [0.0] * len(completions)
+        for spec, weight in self.specs:
+            for i, (p, c) in enumerate(zip(prompts, completions)):
+                # One call in flight at a time: a call that hangs takes only itself down.
+                future = self._executor.submit(_call, spec, p, c, {k: v[i] for k, v in columns.items()})
+                value = self._result(future, stats)
+                totals[i] += weight * (self.default if value is None else value)
+        return totals, stats
+
+    def _result(self, future: cf.Future, stats: RewardStats) -> float | None:
+        try:
+            value, tb = future.result(timeout=self.timeout_s)
+        except cf.TimeoutError:
+            stats.timeouts += 1
+            self._restart()
+            return None
+        except cf.process.BrokenProcessPool:
+            stats.errors += 1
+            self._restart()
+            return None
+        if tb is not None:
+            last = tb.strip().splitlines()[-1]
+            if last.startswith("ValueError: reward ") and "returned" in last:
+                stats.bad_results.append(last.removeprefix("ValueError: "))
+            else:
+                stats.errors += 1
+                stats.first_traceback = stats.first_traceback or tb
+        return value
+
+    def close(self) -> None:
+        self._restart()
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -76,6 +76,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.eval_fraction < 1.0:
             raise ConfigError(f"--eval_fraction must be in (0, 1), got {self.eval_fraction}")
+        if not 0.0 <= self.max_reward_error_rate <= 1.0:
+            raise ConfigError(f"--max_reward_error_rate must be in [0, 1], got {self.max_reward_error_rate}")
         if self.reward_timeout_s <= 0:
             raise ConfigError(f"--reward_timeout_s must be > 0, got {self.reward_timeout_s}")
         if self.num_eval < 1:

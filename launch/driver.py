@@ -149,9 +149,9 @@ class Trainer:
         if stats.bad_results:
             raise ValueError(f"{stats.bad_results[0]} (in {len(stats.bad_results)} of "
                              f"{len(completions)} calls): fix the reward function")
-        failed = stats.errors + stats.timeouts
-        if failed > self.cfg.data.max_reward_error_rate * len(completions):
-            raise RuntimeError(f"reward failed on {failed} of {len(completions)} completions "
+        failed, calls = stats.errors + stats.timeouts, len(pool.specs) * len(completions)
+        if failed > self.cfg.data.max_reward_error_rate * calls:
+            raise RuntimeError(f"reward failed on {failed} of {calls} calls "
                                f"({stats.timeouts} timeouts), above --max_reward_error_rate "
                                f"{self.cfg.data.max_reward_error_rate}; first error:\n"
                                f"{stats.first_traceback or 'timeout'}")
@@ -176,7 +176,10 @@ class Trainer:
         groups = self._generate(prompts, sampling, learner_share=share)
         completions = [self.tokenizer.decode(g[0].completion_ids, skip_special_tokens=True) for g in groups]
         columns = {k: [row[k] for row in rows] for k in rows[0] if k != "prompt"}
-        correct, _ = self._score(self.eval_reward, [r["prompt"] for r in rows], completions, columns)
+        correct, stats = self._score(self.eval_reward, [r["prompt"] for r in rows], completions, columns)
+        if stats.errors or stats.timeouts:
+            print(f"warning: evaluation scored {stats.errors} reward errors and {stats.timeouts} "
+                  "timeouts as --reward_default", file=sys.stderr, flush=True)
         return sum(1.0 for c in correct if c > 0.5) / len(correct)
 
     # -- the loop ---------------------------------------------------------------------

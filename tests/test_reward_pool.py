@@ -62,3 +62,11 @@ def test_nan_or_wrong_length_is_reported_not_scored():
     finally:
         pool.close()
     assert stats.bad_results and "non-finite" in stats.bad_results[0]
+
+
+def test_a_dead_idle_worker_is_replaced_before_the_next_call(numeric_pool):
+    for process in list(numeric_pool._executor._processes.values()):
+        process.kill()
+        process.join()
+    scores, stats = numeric_pool.score(PROMPTS, ["1", "2", "0"], COLUMNS)
+    assert scores == [1.0, 1.0, 0.0] and stats.errors == 0

@@ -29,6 +29,17 @@ def _call(spec: str, prompt: str, completion: str, row: dict[str, Any]) -> tuple
         return None, traceback.format_exc()
 
 
+def _warm(specs: list[str]) -> None:
+    """In a new worker: import every reward before the first timed call, so a worker's start-up
+    (torch via spawn's re-import, sympy for math_verify) never counts against a call's deadline."""
+    from distrl.rewards import load_reward
+
+    for spec in specs:
+        _FNS.setdefault(spec, load_reward(spec))
+        if spec == "math_verify":
+            import math_verify  # noqa: F401  (imports sympy, seconds on a busy machine)
+
+
 @dataclass
 class RewardStats:
     errors: int = 0
@@ -45,10 +56,12 @@ class RewardPool:
         self._executor = self._start()
 
     def _start(self) -> cf.ProcessPoolExecutor:
-        return cf.ProcessPoolExecutor(max_workers=1, mp_context=self._context)
+        executor = cf.ProcessPoolExecutor(max_workers=1, mp_context=self._context)
+        executor.submit(_warm, [spec for spec, _ in self.specs]).result(timeout=max(120.0, self.timeout_s))
+        return executor
 
     def _restart(self) -> None:
-        for process in list(getattr(self._executor, "_processes", {}).values()):
+        for process in list((getattr(self._executor, "_processes", None) or {}).values()):
             process.kill()  # the hung call never returns on its own
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._executor = self._start()
@@ -61,10 +74,16 @@ class RewardPool:
         for spec, weight in self.specs:
             for i, (p, c) in enumerate(zip(prompts, completions)):
                 # One call in flight at a time: a call that hangs takes only itself down.
-                future = self._executor.submit(_call, spec, p, c, {k: v[i] for k, v in columns.items()})
-                value = self._result(future, stats)
+                value = self._result(self._submit(spec, p, c, {k: v[i] for k, v in columns.items()}), stats)
                 totals[i] += weight * (self.default if value is None else value)
         return totals, stats
+
+    def _submit(self, spec: str, prompt: str, completion: str, row: dict[str, Any]) -> cf.Future:
+        try:
+            return self._executor.submit(_call, spec, prompt, completion, row)
+        except cf.process.BrokenProcessPool:  # the idle worker died (e.g. the OOM killer)
+            self._restart()
+            return self._executor.submit(_call, spec, prompt, completion, row)
 
     def _result(self, future: cf.Future, stats: RewardStats) -> float | None:
         try:
@@ -75,6 +94,7 @@ class RewardPool:
             return None
         except cf.process.BrokenProcessPool:
             stats.errors += 1
+            stats.first_traceback = stats.first_traceback or "the reward process died during the call"
             self._restart()
             return None
         if tb is not None:
@@ -87,5 +107,6 @@ class RewardPool:
         return value
 
     def close(self) -> None:
-        self._restart()
+        for process in list((getattr(self._executor, "_processes", None) or {}).values()):
+            process.kill()
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -152,6 +152,8 @@ class RunConfig:
                            "adapter_disabled (LoRA base model inside the learner), none, or auto "
                            "(none when --beta 0, adapter_disabled with LoRA, else actor).",
                            choices=["auto", "actor", "adapter_disabled", "none"])
+    plot_every: int = _field(10, "Redraw PNG plots in output_dir/run_name/plots every N steps (and "
+                             "always at the end); 0 = only at the end.")
     seed: int = _field(0, "Seed for data order, sampling and initialisation.")
     output_dir: str = _field("outputs", "Folder for runs; each run writes to output_dir/run_name.")
     run_name: str = _field("", "Run folder name; empty = a timestamp.")

@@ -25,6 +25,7 @@ from distrl.data import PromptSampler, load_splits
 from distrl.data.prompts import encode_prompt
 from distrl.generation import Rollout, SamplingParams, resolve_backend
 from distrl.models import check_unsloth, load_tokenizer, resolve_model
+from distrl.plot import draw as draw_plots
 from distrl.rewards import load_reward
 from distrl.rewards.pool import RewardPool, RewardStats
 from launch.cluster import Actors, check_resources, connect, create_actors
@@ -258,13 +259,16 @@ class Trainer:
             line = step_line(metrics, cfg.run.max_steps)
             print(line, flush=True) if bar.disable else bar.write(line)
             bar.update(1)
+            if cfg.run.plot_every and step % cfg.run.plot_every == 0 and step < cfg.run.max_steps:
+                draw_plots(self.setup.output_dir)
         bar.close()
+        draw_plots(self.setup.output_dir)
         final_dir = os.path.join(self.setup.output_dir, "final")
         wait([self.actors.learner.save.remote(os.path.abspath(final_dir))], ["distrl-learner"],
              cfg.run.timeout_s, "saving the final model")
         summary = {"steps": len(history), "eval_accuracy_start": evals[0],
                    "eval_accuracy_end": evals[max(evals)], "output_dir": self.setup.output_dir,
-                   "final_model": final_dir}
+                   "final_model": final_dir, "plots": os.path.join(self.setup.output_dir, "plots")}
         if history:
             summary.update(
                 median_step_s=statistics.median(m["step_s"] for m in history),

@@ -60,6 +60,6 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
         lines += [f"seconds per step (median): {s['median_step_s']:.1f}",
                   f"completion tokens/s (median): {s['tokens_per_s']:.1f}",
                   f"logprob_gap (median): {s['logprob_gap']:.2e}"]
-    lines += [f"outputs: {s['output_dir']} (metrics.jsonl, config.json)",
+    lines += [f"outputs: {s['output_dir']} (metrics.jsonl, config.json, plots/)",
               f"final model: {s['final_model']}"]
     return lines

@@ -46,6 +46,8 @@ def test_two_steps_full_finetune_with_reference_actor(tiny_model_dir, tmp_path):
     assert steps[-1]["kl"] > 0  # the policy moved away from the reference after update 1
     assert "eval_accuracy" in steps[-1]
     assert "== distrl summary ==" in proc.stdout and "held-out accuracy" in proc.stdout
+    for png in ("reward.png", "eval_accuracy.png", "kl_logprob_gap.png", "time_per_step.png"):
+        assert (tmp_path / "run" / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     from transformers import AutoModelForCausalLM
 

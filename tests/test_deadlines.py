@@ -24,6 +24,7 @@ def local_ray():
 def test_a_generator_that_misses_the_sync_deadline_is_named(local_ray):
     fast = ray.remote(Stalls).options(num_cpus=0.1).remote()
     slow = ray.remote(Stalls).options(num_cpus=0.1).remote()
+    ray.get([fast.load_weights.remote(0.0), slow.load_weights.remote(0.0)], timeout=120)  # both started
     refs = [fast.load_weights.remote(0.0), slow.load_weights.remote(60.0)]
     start = time.perf_counter()
     with pytest.raises(TimeoutError, match=r"weight sync: no answer within 2s from distrl-generator-1$"):

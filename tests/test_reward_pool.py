@@ -11,6 +11,15 @@ COLUMNS = {"answer": ["1", "2", "3"]}
 PROMPTS = ["p1", "p2", "p3"]
 
 
+def _score_once(specs, completions, **kwargs):
+    """A fresh pool scores PROMPTS/completions once and is closed again."""
+    pool = RewardPool(specs, **kwargs)
+    try:
+        return pool.score(PROMPTS, completions, COLUMNS)
+    finally:
+        pool.close()
+
+
 @pytest.fixture(scope="module")
 def numeric_pool():
     pool = RewardPool([("numeric", 1.0)], timeout_s=5.0)
@@ -25,42 +34,26 @@ def test_scores_like_the_reward_itself(numeric_pool):
 
 
 def test_weights_add_up():
-    pool = RewardPool([("numeric", 1.0), ("format", 0.5)], timeout_s=5.0)
-    try:
-        scores, _ = pool.score(PROMPTS, ["it is 1", "3 apples", "nothing"], COLUMNS)
-    finally:
-        pool.close()
+    scores, _ = _score_once([("numeric", 1.0), ("format", 0.5)], ["it is 1", "3 apples", "nothing"], timeout_s=5.0)
     assert scores == [1.5, 0.0, 0.0]
 
 
 def test_a_hanging_reward_times_out_and_the_pool_recovers():
-    pool = RewardPool([("tests.helpers:hangs_on_x", 1.0)], timeout_s=1.0, default=-1.0)
-    try:
-        start = time.perf_counter()
-        scores, stats = pool.score(PROMPTS, ["ok", "x", "ok"], COLUMNS)
-        assert time.perf_counter() - start < 20
-    finally:
-        pool.close()
+    start = time.perf_counter()
+    scores, stats = _score_once([("tests.helpers:hangs_on_x", 1.0)], ["ok", "x", "ok"], timeout_s=1.0, default=-1.0)
+    assert time.perf_counter() - start < 20
     assert scores == [1.0, -1.0, 1.0]  # the calls after the hung one still ran
     assert stats.timeouts == 1 and stats.errors == 0
 
 
 def test_a_raising_reward_is_counted_with_its_traceback():
-    pool = RewardPool([("tests.helpers:raises_on_x", 1.0)], timeout_s=5.0)
-    try:
-        scores, stats = pool.score(PROMPTS, ["x", "ok", "x"], COLUMNS)
-    finally:
-        pool.close()
+    scores, stats = _score_once([("tests.helpers:raises_on_x", 1.0)], ["x", "ok", "x"], timeout_s=5.0)
     assert scores == [0.0, 1.0, 0.0] and stats.errors == 2
     assert "ZeroDivisionError" in stats.first_traceback
 
 
 def test_nan_or_wrong_length_is_reported_not_scored():
-    pool = RewardPool([("tests.helpers:nan_on_x", 1.0)], timeout_s=5.0)
-    try:
-        _, stats = pool.score(PROMPTS, ["x", "ok", "ok"], COLUMNS)
-    finally:
-        pool.close()
+    _, stats = _score_once([("tests.helpers:nan_on_x", 1.0)], ["x", "ok", "ok"], timeout_s=5.0)
     assert stats.bad_results and "non-finite" in stats.bad_results[0]
 
 

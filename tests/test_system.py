@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED = {"step", "policy_version", "reward_mean", "reward_std", "accuracy", "loss", "kl", "clip_frac",

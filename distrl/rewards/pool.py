@@ -61,7 +61,7 @@ class RewardPool:
         return executor
 
     def _restart(self) -> None:
-        for process in list((getattr(self._executor, "_processes", None) or {}).values()):
+        for process in self._workers():
             process.kill()  # the hung call never returns on its own
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._executor = self._start()
@@ -78,10 +78,17 @@ class RewardPool:
                 totals[i] += weight * (self.default if value is None else value)
         return totals, stats
 
+    def _workers(self) -> list:
+        return list((getattr(self._executor, "_processes", None) or {}).values())
+
     def _submit(self, spec: str, prompt: str, completion: str, row: dict[str, Any]) -> cf.Future:
+        # An idle worker that died (e.g. the OOM killer) is replaced before the call, not blamed
+        # for it: the executor notices a death only some time later, on its own thread.
+        if not all(process.is_alive() for process in self._workers()):
+            self._restart()
         try:
             return self._executor.submit(_call, spec, prompt, completion, row)
-        except cf.process.BrokenProcessPool:  # the idle worker died (e.g. the OOM killer)
+        except cf.process.BrokenProcessPool:
             self._restart()
             return self._executor.submit(_call, spec, prompt, completion, row)
 
@@ -107,6 +114,6 @@ class RewardPool:
         return value
 
     def close(self) -> None:
-        for process in list((getattr(self._executor, "_processes", None) or {}).values()):
+        for process in self._workers():
             process.kill()
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -235,6 +235,27 @@ def check_unsloth(cfg: ModelConfig, gpus_per_actor: float) -> None:
                           "(in its own environment: it pins older transformers/datasets)")
 
 
+def check_quantizable(path: str, cfg: ModelConfig) -> None:
+    """Refuse `--load_in_4bit` for a model that has no layer bitsandbytes would quantize (it
+    replaces `nn.Linear`/`Conv1D`, except the output head), before any actor loads it. The model's
+    skeleton is built on the meta device: no weights are read."""
+    if not cfg.load_in_4bit:
+        return
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
+    from transformers.quantizers.base import get_keys_to_not_convert
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
+    kept = get_keys_to_not_convert(model)
+    quantizable = [name for name, m in model.named_modules()
+                   if isinstance(m, torch.nn.Linear | Conv1D) and not any(name == k or name.endswith("." + k) for k in kept)]
+    if not quantizable:
+        raise ConfigError(f"--load_in_4bit: bitsandbytes cannot quantize this {config.model_type} model "
+                          f"(it has no nn.Linear layer besides the output head); drop --load_in_4bit")
+
+
 def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     """Parameters the learner updates (LoRA tensors only with LoRA), by name; tied ones once."""
     return {name: p for name, p in model.named_parameters() if p.requires_grad}

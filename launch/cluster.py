@@ -60,7 +60,7 @@ def create_actors(cfg: TrainConfig, model_path: str) -> Actors:
     opts = dict(num_cpus=run.num_cpus_per_actor, num_gpus=run.num_gpus_per_actor)
     learner = ray.remote(LearnerActor).options(name="distrl-learner", **opts).remote(
         model_path, cfg.model, cfg.algo, cfg.sampling.temperature, ref_mode=cfg.ref_mode,
-        seed=run.seed, torch_threads=run.torch_threads)
+        seed=run.seed, torch_threads=run.torch_threads, max_staleness=run.async_staleness)
     generators = [
         ray.remote(GenerationActor).options(name=f"distrl-generator-{i}", **opts).remote(
             model_path, cfg.model, backend=run.backend, seed=run.seed,

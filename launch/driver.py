@@ -44,6 +44,19 @@ class Setup:
     output_dir: str
 
 
+@dataclasses.dataclass
+class Batch:
+    """One step's prompts and the generation calls producing their rollouts."""
+
+    step: int
+    indices: list[int]
+    prompts: list[list[int]]
+    sampling: SamplingParams
+    learner_share: int
+    refs: dict[int, Any] = dataclasses.field(default_factory=dict)  # worker (0 = learner) -> ref
+    launched: float = dataclasses.field(default_factory=time.perf_counter)
+
+
 def preflight(cfg: TrainConfig) -> Setup:
     """Resolve model, data and reward; raise ConfigError on bad input. Starts no actor."""
     resolve_backend(cfg.run.backend)
@@ -81,8 +94,13 @@ class Trainer:
         self.tokenizer = setup.tokenizer
         self.sampler = PromptSampler(len(setup.train_rows), cfg.run.seed)
         self.learner_algo = get_learner(cfg.algo.learner)
-        self.policy_version = 0
-        self.weights_ref = None
+        self.policy_version = 0  # the learner's
+        self.gen_version = 0  # the generators' (after the loads already submitted)
+        self.weights_ref = None  # the learner's newest published weights
+        self._loading: tuple[list[Any], int] | None = None
+        self._pending: dict[int, Batch] = {}  # launched, not yet trained on
+        self._last_version: dict[int, int] = {}  # worker -> newest policy version it sampled with
+        self.rollouts_generated = self.rollouts_dropped = 0
         self._prompt_cache: dict[int, list[int]] = {}
         self.log = MetricsLog(os.path.join(setup.output_dir, "metrics.jsonl"))
         self.dashboard = DashboardMetrics(os.path.basename(setup.output_dir))
@@ -107,42 +125,64 @@ class Trainer:
         gens = [(g, f"distrl-generator-{i}") for i, g in enumerate(self.actors.generators)]
         return [(self.actors.learner, "distrl-learner")] + gens
 
+    def _launch(self, batch: Batch, who: str = "all") -> None:
+        """Start generation for `batch` on the learner (its first `learner_share` prompts), the
+        generators (the rest, round-robin), or "all"; each call's seed depends on the worker."""
+        workers = self._workers()
+        share = batch.learner_share if len(workers) > 1 else len(batch.prompts)
+        rest = batch.prompts[share:]
+        gens = len(workers) - 1
+        chunks = [batch.prompts[:share]] + [rest[i::gens] for i in range(gens)]
+        for w, ((actor, _), chunk) in enumerate(zip(workers, chunks)):
+            if chunk and (who == "all" or (who == "learner") == (w == 0)):
+                seeded = dataclasses.replace(batch.sampling, seed=batch.sampling.seed * 1009 + w)
+                batch.refs[w] = actor.generate.remote(chunk, seeded)
+
+    def _gather(self, batch: Batch) -> tuple[list[list[Rollout]], list[int]]:
+        """Wait for every chunk of `batch`; groups in prompt order, and who generated each."""
+        workers = self._workers()
+        owners = sorted(batch.refs)
+        results = dict(zip(owners, wait([batch.refs[w] for w in owners], [workers[w][1] for w in owners],
+                                        self.cfg.run.timeout_s, "generation")))
+        # Undo the round-robin split so groups line up with the prompts.
+        groups: list[list[Rollout]] = list(results.get(0, []))
+        made_by = [0] * len(groups)
+        gens = len(workers) - 1
+        for j in range(len(batch.prompts) - len(groups)):
+            groups.append(results[1 + j % gens][j // gens])
+            made_by.append(1 + j % gens)
+        return groups, made_by
+
     def _generate(self, prompts: list[list[int]], sampling: SamplingParams,
                   learner_share: int) -> list[list[Rollout]]:
-        """Learner takes the first `learner_share` prompts, generators split the rest evenly."""
-        workers = self._workers()
-        gens = workers[1:]
-        if not gens:
-            learner_share = len(prompts)
-        rest = prompts[learner_share:]
-        chunks = [prompts[:learner_share]] + [rest[i::len(gens)] for i in range(len(gens))]
-        refs, names, owners = [], [], []
-        for w, ((actor, name), chunk) in enumerate(zip(workers, chunks)):
-            if chunk:
-                seeded = dataclasses.replace(sampling, seed=sampling.seed * 1009 + w)
-                refs.append(actor.generate.remote(chunk, seeded))
-                names.append(name)
-                owners.append(w)
-        results = dict(zip(owners, wait(refs, names, self.cfg.run.timeout_s, "generation")))
-        # Undo the round-robin split so groups line up with `prompts`.
-        groups: list[list[Rollout]] = list(results.get(0, []))
-        per_gen = [list(results.get(w, [])) for w in range(1, len(workers))]
-        for j in range(len(rest)):
-            groups.append(per_gen[j % len(gens)][j // len(gens)])
-        return groups
+        batch = Batch(0, [], prompts, sampling, learner_share)
+        self._launch(batch)
+        return self._gather(batch)[0]
 
-    def _sync(self, weights_ref: Any, version: int) -> float:
-        """Every generator loads `version`; returns seconds. Refuses a generator that lags."""
+    def _sync(self, weights_ref: Any, version: int, block: bool = True) -> float:
+        """Every generator loads `version`; returns the seconds waited. Refuses a generator that
+        lags. With `block=False` the loads queue behind the generations already submitted (an
+        actor runs its calls in order) and are checked, with the same deadline, before the next
+        sync or when the run needs them."""
         start = time.perf_counter()
+        self._finish_sync()
         if self.actors.generators:
             refs = [g.load_weights.remote(weights_ref) for g in self.actors.generators]
-            names = [f"distrl-generator-{i}" for i in range(len(refs))]
-            loaded = wait(refs, names, self.cfg.run.sync_timeout_s, f"weight sync to version {version}")
-            wrong = [n for n, v in zip(names, loaded) if v != version]
-            if wrong:
-                raise RuntimeError(f"weight sync: {', '.join(wrong)} did not load version {version}")
-        self.weights_ref, self.policy_version = weights_ref, version  # the old object is released
+            self._loading = (refs, version)
+        self.gen_version = version
+        if block:
+            self._finish_sync()
         return time.perf_counter() - start
+
+    def _finish_sync(self) -> None:
+        if self._loading is None:
+            return
+        (refs, version), self._loading = self._loading, None
+        names = [f"distrl-generator-{i}" for i in range(len(refs))]
+        loaded = wait(refs, names, self.cfg.run.sync_timeout_s, f"weight sync to version {version}")
+        wrong = [n for n, v in zip(names, loaded) if v != version]
+        if wrong:
+            raise RuntimeError(f"weight sync: {', '.join(wrong)} did not load version {version}")
 
     def _score(self, pool: RewardPool, prompts: list[str], completions: list[str],
                columns: dict[str, list]) -> tuple[list[float], RewardStats]:
@@ -170,7 +210,10 @@ class Trainer:
         return torch.tensor(scores).view(len(groups), -1), stats
 
     def evaluate(self) -> float:
-        """Greedy accuracy (main reward > 0.5) on the held-out prompts, spread over generators."""
+        """Greedy accuracy (main reward > 0.5) on the held-out prompts, spread over generators,
+        always with the learner's newest weights (a sync out of turn when they lag)."""
+        if self.gen_version != self.policy_version:
+            self._sync(self.weights_ref, self.policy_version)
         rows = self.setup.eval_rows
         prompts = [self._encode(rows, i) for i in range(len(rows))]
         sampling = SamplingParams(n=1, max_new_tokens=self.cfg.sampling.max_new_tokens, greedy=True)
@@ -185,19 +228,61 @@ class Trainer:
         return sum(1.0 for c in correct if c > 0.5) / len(correct)
 
     # -- the loop ---------------------------------------------------------------------
-    def step(self, step: int) -> dict:
-        cfg, t0 = self.cfg, time.perf_counter()
+    def _new_batch(self, step: int) -> Batch:
+        cfg = self.cfg
         indices = self.sampler.next_batch(cfg.run.batch_size)
-        rows = [self.setup.train_rows[i] for i in indices]
         sampling = SamplingParams(n=cfg.run.num_candidates, max_new_tokens=cfg.sampling.max_new_tokens,
                                   temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
                                   seed=cfg.run.seed * 100_003 + step)
-        groups = self._generate([self._prompt_ids(i) for i in indices], sampling, cfg.run.learner_chunk_size)
+        return Batch(step, indices, [self._prompt_ids(i) for i in indices], sampling, cfg.run.learner_chunk_size)
+
+    def _launch_ahead(self, step: int) -> None:
+        """Generators run `pipeline_depth` batches ahead of the learner (0: in lockstep with it),
+        so they never make rollouts the staleness bound would drop; the learner's own chunk of a
+        batch starts once the learner is free for it (with its newest weights)."""
+        for s in range(step, min(step + self.cfg.run.pipeline_depth, self.cfg.run.max_steps) + 1):
+            if s not in self._pending:
+                self._pending[s] = self._new_batch(s)
+                self._launch(self._pending[s], "generators")
+        if 0 not in self._pending[step].refs:
+            self._launch(self._pending[step], "learner")
+
+    def _admit(self, step: int, groups: list[list[Rollout]], made_by: list[int]) -> tuple[list[int], list[int]]:
+        """Which groups the learner may take (policy version within --async_staleness of its
+        own), and the staleness of each rollout taken. A version newer than the learner's, or
+        one going backwards on a worker, is a bug and stops the run."""
+        k, names = self.cfg.run.async_staleness, [name for _, name in self._workers()]
+        keep, staleness = [], []
+        for p, (group, w) in enumerate(zip(groups, made_by)):
+            versions = [r.policy_version for r in group]
+            if max(versions) > self.policy_version or min(versions) < self._last_version.get(w, 0):
+                raise RuntimeError(f"step {step}: {names[w]} sampled with policy version {versions[0]} "
+                                   f"(learner at {self.policy_version}, that worker last at "
+                                   f"{self._last_version.get(w, 0)})")
+            self._last_version[w] = max(versions)
+            if min(versions) >= self.policy_version - k:
+                keep.append(p)
+                staleness += [self.policy_version - v for v in versions]
+            elif k == 0:
+                raise RuntimeError(f"step {step}: {names[w]} sampled with policy version {versions[0]}, "
+                                   f"expected {self.policy_version}: a generator missed a weight sync")
+            else:
+                self.rollouts_dropped += len(group)
+        return keep, staleness
+
+    def step(self, step: int) -> dict:
+        cfg, t0 = self.cfg, time.perf_counter()
+        self._launch_ahead(step)
+        batch = self._pending.pop(step)
+        groups, made_by = self._gather(batch)
         t_gen = time.perf_counter()
-        stale = {r.policy_version for g in groups for r in g} - {self.policy_version}
-        if stale:
-            raise RuntimeError(f"step {step}: rollouts from policy version(s) {sorted(stale)}, "
-                               f"expected {self.policy_version}: a generator missed a weight sync")
+        self.rollouts_generated += sum(len(g) for g in groups)
+        dropped_before = self.rollouts_dropped
+        keep, staleness = self._admit(step, groups, made_by)
+        if not keep:
+            raise RuntimeError(f"step {step}: every rollout was older than --async_staleness allows")
+        groups = [groups[p] for p in keep]
+        rows = [self.setup.train_rows[batch.indices[p]] for p in keep]
         rewards, reward_stats = self._rewards(rows, groups)
         t_reward = time.perf_counter()
         advantages = compute_advantages(self.learner_algo.advantage, rewards, cfg.algo.std_floor)
@@ -211,9 +296,14 @@ class Trainer:
                           cfg.run.timeout_s, "reference log-probs")[0]
         t_ref = time.perf_counter()
         metrics_ref, weights_ref = self.actors.learner.step.options(num_returns=2).remote(rollouts, adv, ref_lp)
+        if cfg.run.pipeline_depth and step < cfg.run.max_steps:  # queued behind this update
+            self._launch(self._pending[step + 1], "learner")
         train = wait([metrics_ref], ["distrl-learner"], cfg.run.timeout_s, "learner step")[0]
         t_train = time.perf_counter()
-        sync_s = self._sync(weights_ref, int(train["policy_version"]))
+        self.policy_version, self.weights_ref = int(train["policy_version"]), weights_ref
+        sync_s = 0.0
+        if self.policy_version != self.gen_version and self.policy_version % cfg.run.weight_sync_every == 0:
+            sync_s = self._sync(weights_ref, self.policy_version, block=cfg.run.pipeline_depth == 0)
         all_rollouts = [r for g in groups for r in g]
         completion_tokens = sum(len(r.completion_ids) for r in all_rollouts)
         std = rewards.std(dim=-1) if rewards.shape[1] > 1 else torch.zeros(len(groups))
@@ -230,9 +320,15 @@ class Trainer:
             "reward_errors": reward_stats.errors, "reward_timeouts": reward_stats.timeouts,
             "gen_s": t_gen - t0, "reward_s": t_reward - t_gen, "ref_s": t_ref - t_reward,
             "train_s": t_train - t_ref, "sync_s": sync_s,
-            "tokens_per_s": completion_tokens / max(t_gen - t0, 1e-9),
+            "tokens_per_s": completion_tokens / max(t_gen - batch.launched, 1e-9),
+            "staleness_mean": sum(staleness) / len(staleness), "staleness_max": max(staleness),
+            "rollouts": len(all_rollouts), "rollouts_dropped": self.rollouts_dropped - dropped_before,
+            "generator_version": self.gen_version,
         }
+        if "importance_weight" in train:
+            metrics["importance_weight"] = train["importance_weight"]
         metrics["step_s"] = time.perf_counter() - t0
+        metrics["samples_per_s"] = len(all_rollouts) / metrics["step_s"]
         return metrics
 
     def train(self) -> dict:
@@ -241,7 +337,8 @@ class Trainer:
         with open(os.path.join(self.setup.output_dir, "config.json"), "w") as f:
             json.dump(cfg.to_dict(), f, indent=2)
         # Version 0 goes out too: generators never sample from weights the learner does not hold.
-        self._sync(self.actors.learner.publish.remote(), 0)
+        self.weights_ref = self.actors.learner.publish.remote()
+        self._sync(self.weights_ref, 0)
         evals = {0: self.evaluate()}
         self.log.write({"step": 0, "policy_version": 0, "eval_accuracy": evals[0]})
         self.dashboard.record({"step": 0, "policy_version": 0, "eval_accuracy": evals[0]})
@@ -263,6 +360,7 @@ class Trainer:
             if cfg.run.plot_every and step % cfg.run.plot_every == 0 and step < cfg.run.max_steps:
                 draw_plots(self.setup.output_dir)
         bar.close()
+        self._finish_sync()
         draw_plots(self.setup.output_dir)
         final_dir = os.path.join(self.setup.output_dir, "final")
         wait([self.actors.learner.save.remote(os.path.abspath(final_dir))], ["distrl-learner"],

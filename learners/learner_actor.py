@@ -28,10 +28,13 @@ from distrl.weights import PackedWeights, WeightPacker
 
 class LearnerActor:
     def __init__(self, model_path: str, model_cfg: ModelConfig, algo_cfg: AlgoConfig,
-                 temperature: float, ref_mode: str = "none", seed: int = 0, torch_threads: int = 0) -> None:
+                 temperature: float, ref_mode: str = "none", seed: int = 0, torch_threads: int = 0,
+                 max_staleness: int = 0) -> None:
+        """`max_staleness` > 0: take rollouts up to that many versions old, with decoupled PPO."""
         torch.set_num_threads(torch_threads if torch_threads > 0 else (os.cpu_count() or 1))
         torch.manual_seed(seed)
         self.algo, self.temperature, self.ref_mode = algo_cfg, temperature, ref_mode
+        self.max_staleness = max_staleness
         self.learner = get_learner(algo_cfg.learner)
         self.device = pick_device()
         self.tokenizer = load_tokenizer(model_path, model_cfg.trust_remote_code)
@@ -66,10 +69,11 @@ class LearnerActor:
              ref_logprobs: list[list[float]] | None = None) -> tuple[dict, PackedWeights]:
         """One update on `rollouts` (flat) with one advantage each; returns (metrics, new weights)."""
         start = time.perf_counter()
-        stale = [r.policy_version for r in rollouts if r.policy_version != self.policy_version]
+        oldest = self.policy_version - self.max_staleness
+        stale = [r.policy_version for r in rollouts if not oldest <= r.policy_version <= self.policy_version]
         if stale:
             raise ValueError(f"rollouts from policy version {stale[0]} given to a learner at "
-                             f"version {self.policy_version}")
+                             f"version {self.policy_version} (max staleness {self.max_staleness})")
         num_tokens = float(sum(len(r.completion_ids) for r in rollouts))
         totals: dict[str, float] = {}
         lengths = [len(r.prompt_ids) + len(r.completion_ids) for r in rollouts]
@@ -104,7 +108,10 @@ class LearnerActor:
         loss, metrics = policy_loss(
             self.learner.loss, logprobs, old, torch.tensor(advantages, device=self.device), mask,
             ref_logprobs=ref, beta=self.algo.beta, clip_eps=self.algo.clip_eps, agg=self.algo.loss_agg,
-            num_tokens=num_tokens, num_seqs=num_seqs)
+            num_tokens=num_tokens, num_seqs=num_seqs,
+            # Off-policy: this forward (before the update) is the proximal policy.
+            prox_logprobs=logprobs.detach() if self.max_staleness else None,
+            max_importance_weight=self.algo.max_importance_weight)
         if needs_grad:
             loss.backward()
         # The proof the generators hold our weights, read off this same (pre-update) forward:

@@ -144,3 +144,36 @@ def test_token_logprobs_use_temperature_and_full_vocabulary():
     out = token_logprobs(logits, torch.tensor([[1]]), temperature=0.5)
     expected = torch.log_softmax(logits / 0.5, -1)[0, 0, 1]
     assert out.item() == pytest.approx(expected.item())
+
+
+@pytest.mark.parametrize("name", ["pg", "ppo_clip"])
+def test_decoupled_loss_weights_stale_tokens_by_truncated_importance(name):
+    """Off-policy (async) rollouts: the gradient is the on-policy one scaled per token by
+    pi_prox / pi_behaviour, capped; with fresh rollouts it is exactly the on-policy gradient."""
+    theta = torch.tensor([0.2, -0.1, 0.4], requires_grad=True)
+    actions = torch.tensor([[2], [0]])
+    adv, mask = torch.tensor([1.5, -0.5]), torch.ones(2, 1)
+
+    def grad(old_shift, cap=2.0):
+        logp = torch.log_softmax(theta, -1)[actions]
+        old = logp.detach() + old_shift  # the behaviour policy's log-probs
+        loss, metrics = policy_loss(name, logp, old, adv, mask, prox_logprobs=logp.detach(),
+                                    max_importance_weight=cap)
+        return torch.autograd.grad(loss, theta)[0], metrics
+
+    def grad_per_token(i):
+        logp = torch.log_softmax(theta, -1)[actions]
+        loss, _ = policy_loss(name, logp[i:i + 1], logp[i:i + 1].detach(), adv[i:i + 1], mask[i:i + 1], num_tokens=2)
+        return torch.autograd.grad(loss, theta)[0]
+
+    fresh, m = grad(torch.zeros(2, 1))
+    assert torch.allclose(fresh, grad_per_token(0) + grad_per_token(1), atol=1e-7)
+    assert m["importance_weight"].item() == pytest.approx(1.0)
+    # Token 0 was sampled by a policy that liked it less (weight e^0.5), token 1 by one that liked
+    # it far more (weight e^-3): each token's gradient is scaled by its weight.
+    stale, m = grad(torch.tensor([[-0.5], [3.0]]))
+    expected = math.exp(0.5) * grad_per_token(0) + math.exp(-3.0) * grad_per_token(1)
+    assert torch.allclose(stale, expected, atol=1e-6)
+    # A weight above the cap is truncated to it.
+    capped, _ = grad(torch.tensor([[-5.0], [0.0]]), cap=2.0)
+    assert torch.allclose(capped, 2.0 * grad_per_token(0) + grad_per_token(1), atol=1e-6)

@@ -148,3 +148,8 @@ def test_4bit_preflight_accepts_a_llama(tiny_model_dir):
     from distrl.models import check_quantizable
 
     check_quantizable(tiny_model_dir, ModelConfig(model=tiny_model_dir, load_in_4bit=True, lora_rank=4))
+
+
+def test_weight_sync_period_needs_the_staleness_it_causes():
+    assert_one_line_error(cli("--weight_sync_every", "3", "--async_staleness", "1"),
+                          "--weight_sync_every 3 lets rollouts lag 2 versions", "--async_staleness >= 2")

@@ -97,3 +97,25 @@ def test_a_reward_that_always_raises_stops_the_run_with_its_traceback(tiny_model
                                "--max_steps", "1"), tmp_path, timeout=300)
     assert proc.returncode != 0
     assert "above --max_reward_error_rate" in proc.stderr and "KeyError: 'missing'" in proc.stderr
+
+
+def test_async_pipeline_keeps_the_staleness_bound_and_every_rollout(tiny_model_dir, tmp_path):
+    """Generators run one batch ahead and get weights every 2 updates: rollouts lag at most
+    --async_staleness 2 versions, none is dropped or counted twice, the learner's own chunk is
+    always fresh, and the final evaluation still runs on the newest weights."""
+    steps, batch, group = 5, 4, 4
+    proc = train(tiny_run_args(tiny_model_dir, "--max_steps", str(steps), "--async_staleness", "2",
+                               "--weight_sync_every", "2", "--eval_every", "0"), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = read_metrics(tmp_path)
+    train_steps = [m for m in lines[1:]]
+    assert [m["policy_version"] for m in train_steps] == list(range(1, steps + 1))
+    assert max(m["staleness_max"] for m in train_steps) == 2  # the bound is reached, never passed
+    assert all(m["rollouts"] == batch * group and m["rollouts_dropped"] == 0 for m in train_steps)
+    # Weights went out after updates 2 and 4 only (the final evaluation syncs out of turn).
+    assert [m["generator_version"] for m in train_steps] == [0, 2, 2, 4, 4]
+    # The lag shows: the importance weights moved away from 1 and the generators' log-probs
+    # are no longer the learner's.
+    assert max(m["logprob_gap"] for m in train_steps) > 1e-3
+    assert all(0 < m["importance_weight"] <= 2.0 for m in train_steps)
+    assert "eval_accuracy" in train_steps[-1]

@@ -44,6 +44,16 @@ def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     return torch.exp(delta) - delta - 1.0
 
 
+def behaviour_weight(prox_logprobs: torch.Tensor | None, old_logprobs: torch.Tensor,
+                     cap: float) -> torch.Tensor | None:
+    """Decoupled PPO (AReaL): with rollouts from an older policy, the importance weight
+    `pi_prox / pi_behaviour` (no gradient; truncated at `cap`) corrects for the lag, and the trust
+    region is taken around the proximal policy `pi_prox` (the learner's own pre-update forward)."""
+    if prox_logprobs is None:
+        return None
+    return torch.exp(prox_logprobs - old_logprobs).clamp(max=cap)
+
+
 def _finish(per_token: torch.Tensor, logprobs: torch.Tensor, mask: torch.Tensor,
             ref_logprobs: torch.Tensor | None, beta: float, agg: str,
             num_tokens: float | None, num_seqs: float | None,
@@ -63,10 +73,16 @@ def _finish(per_token: torch.Tensor, logprobs: torch.Tensor, mask: torch.Tensor,
 def pg_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
             mask: torch.Tensor, *, ref_logprobs: torch.Tensor | None = None, beta: float = 0.0,
             clip_eps: float = 0.2, agg: str = "token_mean", num_tokens: float | None = None,
-            num_seqs: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """REINFORCE: `-A * log pi(token)`; its gradient is `-A * grad log pi` (on-policy)."""
+            num_seqs: float | None = None, prox_logprobs: torch.Tensor | None = None,
+            max_importance_weight: float = 2.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """REINFORCE: `-A * log pi(token)`; its gradient is `-A * grad log pi` (on-policy). With
+    `prox_logprobs` (off-policy rollouts) each token is weighted by `behaviour_weight`."""
     per_token = -advantages.unsqueeze(-1) * logprobs
     metrics = {"clip_frac": torch.zeros(())}
+    weight = behaviour_weight(prox_logprobs, old_logprobs, max_importance_weight)
+    if weight is not None:
+        per_token = weight * per_token
+        metrics["importance_weight"] = aggregate(weight, mask, "token_mean", num_tokens)
     return _finish(per_token, logprobs, mask, ref_logprobs, beta, agg, num_tokens, num_seqs, metrics)
 
 
@@ -74,15 +90,22 @@ def pg_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torc
 def ppo_clip_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                   mask: torch.Tensor, *, ref_logprobs: torch.Tensor | None = None, beta: float = 0.0,
                   clip_eps: float = 0.2, agg: str = "token_mean", num_tokens: float | None = None,
-                  num_seqs: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO-clip on the ratio `pi / pi_old`, pi_old being the generation-time log-probs."""
+                  num_seqs: float | None = None, prox_logprobs: torch.Tensor | None = None,
+                  max_importance_weight: float = 2.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO-clip on the ratio `pi / pi_old`, pi_old being the generation-time log-probs; with
+    `prox_logprobs` (off-policy rollouts), decoupled PPO: the ratio `pi / pi_prox`, weighted by
+    `behaviour_weight`."""
     adv = advantages.unsqueeze(-1)
-    ratio = torch.exp(logprobs - old_logprobs)
+    weight = behaviour_weight(prox_logprobs, old_logprobs, max_importance_weight)
+    ratio = torch.exp(logprobs - (old_logprobs if weight is None else prox_logprobs))
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
     per_token = torch.maximum(unclipped, clipped)
     was_clipped = (clipped > unclipped).to(logprobs.dtype)
     metrics = {"clip_frac": aggregate(was_clipped, mask, "token_mean", num_tokens)}
+    if weight is not None:
+        per_token = weight * per_token
+        metrics["importance_weight"] = aggregate(weight, mask, "token_mean", num_tokens)
     return _finish(per_token, logprobs, mask, ref_logprobs, beta, agg, num_tokens, num_seqs, metrics)
 
 

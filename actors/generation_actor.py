@@ -20,26 +20,43 @@ from distrl.weights import PackedWeights
 
 class GenerationActor:
     def __init__(self, model_path: str, model_cfg: ModelConfig, backend: str = "hf",
-                 seed: int = 0, torch_threads: int = 1) -> None:
+                 seed: int = 0, torch_threads: int = 1, vllm_options: dict | None = None) -> None:
+        """`vllm_options`: VLLMBackend keywords (tensor_parallel_size, gpu_memory_utilization,
+        max_model_len, colocate) when the backend resolves to vllm."""
         torch.set_num_threads(max(1, torch_threads))
-        if resolve_backend(backend) != "hf":
-            raise ValueError(f"backend {backend} is not available")
         self.device = pick_device()
-        tokenizer = load_tokenizer(model_path, model_cfg.trust_remote_code)
-        # Same seed as the learner: a LoRA adapter gets the same parameter names and shapes.
-        model = load_policy(model_path, model_cfg, self.device, seed=seed)
-        model.requires_grad_(False)
-        model.eval()
-        self.backend = HFBackend(model, tokenizer, self.device)
+        self.kind = resolve_backend(backend)
+        if self.kind == "vllm":
+            from distrl.generation.vllm import VLLMBackend
+
+            self.backend = VLLMBackend(model_path, model_cfg, seed=seed, **(vllm_options or {}))
+        else:
+            tokenizer = load_tokenizer(model_path, model_cfg.trust_remote_code)
+            # Same seed as the learner: a LoRA adapter gets the same parameter names and shapes.
+            model = load_policy(model_path, model_cfg, self.device, seed=seed)
+            model.requires_grad_(False)
+            model.eval()
+            self.backend = HFBackend(model, tokenizer, self.device)
         self.policy_version = -1  # no weights from the learner yet
 
     def ready(self) -> dict:
         return {"pid": os.getpid(), "device": str(self.device), "threads": torch.get_num_threads()}
 
-    def load_weights(self, packed: PackedWeights) -> int:
-        """Copy a published policy version into the model; return the version now held."""
-        self.backend.load_weights(packed)
-        self.policy_version = packed.policy_version
+    def load_weights(self, packed: PackedWeights | list) -> int:
+        """Load a published policy version; return the version now held. `packed` is the
+        PackedWeights, or `[ObjectRef]` to them (what the driver sends): a vLLM engine's workers
+        then fetch full weights from their own node's object store."""
+        ref = None
+        if isinstance(packed, list):
+            import ray
+
+            (ref,) = packed
+            packed = None if self.kind == "vllm" and not self.backend.lora else ray.get(ref)
+        if self.kind == "vllm":
+            self.policy_version = self.backend.load_weights(packed, ref)
+        else:
+            self.backend.load_weights(packed)
+            self.policy_version = packed.policy_version
         return self.policy_version
 
     def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[list[Rollout]]:

@@ -170,6 +170,11 @@ class RunConfig:
     timeout_s: float = _field(1800.0, "Deadline for any single remote call (generation, learning).")
     sync_timeout_s: float = _field(120.0, "Deadline for every generator to load a new policy version; "
                                    "a generator that misses it stops the run with its name.")
+    gpus_per_actor: int = _field(1, "vLLM: GPUs per generation actor (its tensor-parallel size).")
+    gpu_memory_utilization: float = _field(0.85, "vLLM: fraction of each GPU the engine may take.")
+    max_model_len: int = _field(0, "vLLM: longest prompt + completion; 0 = the model's own limit.")
+    colocate: bool = _field(False, "vLLM on one GPU: the learner and one generator share it; the "
+                            "engine sleeps while the learner trains.")
     async_staleness: int = _field(0, "Asynchronous mode: generators keep sampling while the learner "
                                   "trains, and the learner takes rollouts at most this many policy "
                                   "versions old (off-policy corrected, decoupled PPO). 0 = synchronous.")
@@ -184,6 +189,13 @@ class RunConfig:
         return self.async_staleness - (self.weight_sync_every - 1)
 
     def __post_init__(self) -> None:
+        if self.colocate and self.number_of_actors != 1:
+            raise ConfigError("--colocate shares one GPU between the learner and one generator: "
+                              "set --number_of_actors 1")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError(f"--gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.gpus_per_actor < 1:
+            raise ConfigError(f"--gpus_per_actor must be >= 1, got {self.gpus_per_actor}")
         if self.async_staleness < 0:
             raise ConfigError(f"--async_staleness must be >= 0, got {self.async_staleness}")
         if self.weight_sync_every < 1:

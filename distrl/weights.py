@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -83,6 +84,13 @@ def _views(packed: PackedWeights) -> dict[str, torch.Tensor]:
         warnings.simplefilter("ignore", UserWarning)
         return {dtype: torch.frombuffer(memoryview(buf), dtype=_DTYPES[dtype]) if buf.nbytes
                 else torch.empty(0, dtype=_DTYPES[dtype]) for dtype, buf in packed.buffers.items()}
+
+
+def tensor_views(packed: PackedWeights) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, read-only view) for every packed tensor, no copy: for a loader that copies them."""
+    views = _views(packed)
+    for s in packed.index:
+        yield s.name, views[s.dtype][s.offset: s.offset + s.numel].view(s.shape)
 
 
 def unpack(packed: PackedWeights) -> dict[str, torch.Tensor]:

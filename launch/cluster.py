@@ -15,6 +15,7 @@ import ray
 
 from actors.generation_actor import GenerationActor
 from distrl.config import ConfigError, TrainConfig
+from distrl.generation import resolve_backend
 from learners.learner_actor import LearnerActor
 from learners.reference_actor import ReferenceActor
 
@@ -37,9 +38,23 @@ def connect(cfg: TrainConfig) -> None:
              log_to_driver=True, logging_level="WARNING")
 
 
+def generator_gpus(cfg: TrainConfig) -> float:
+    """GPUs one generation actor reserves: its tensor-parallel size with vLLM (half of the
+    learner's GPU when colocated), else --num_gpus_per_actor."""
+    if resolve_backend(cfg.run.backend) != "vllm":
+        return cfg.run.num_gpus_per_actor
+    return 0.5 if cfg.run.colocate else float(cfg.run.gpus_per_actor)
+
+
+def learner_gpus(cfg: TrainConfig) -> float:
+    return 0.5 if cfg.run.colocate else cfg.run.num_gpus_per_actor
+
+
 def _needed(cfg: TrainConfig) -> tuple[int, float, float]:
-    actors = cfg.run.number_of_actors + 1 + (1 if cfg.ref_mode == "actor" else 0)
-    return actors, actors * cfg.run.num_cpus_per_actor, actors * cfg.run.num_gpus_per_actor
+    others = 1 if cfg.ref_mode == "actor" else 0
+    actors = cfg.run.number_of_actors + 1 + others
+    gpus = learner_gpus(cfg) + cfg.run.number_of_actors * generator_gpus(cfg) + others * cfg.run.num_gpus_per_actor
+    return actors, actors * cfg.run.num_cpus_per_actor, gpus
 
 
 def check_resources(cfg: TrainConfig, available: dict[str, float]) -> None:
@@ -58,13 +73,16 @@ def create_actors(cfg: TrainConfig, model_path: str) -> Actors:
     """Named actors (distrl-learner, distrl-generator-i, distrl-reference), all started."""
     run = cfg.run
     opts = dict(num_cpus=run.num_cpus_per_actor, num_gpus=run.num_gpus_per_actor)
-    learner = ray.remote(LearnerActor).options(name="distrl-learner", **opts).remote(
+    learner = ray.remote(LearnerActor).options(name="distrl-learner", **dict(opts, num_gpus=learner_gpus(cfg))).remote(
         model_path, cfg.model, cfg.algo, cfg.sampling.temperature, ref_mode=cfg.ref_mode,
         seed=run.seed, torch_threads=run.torch_threads, max_staleness=run.async_staleness)
+    vllm = dict(tensor_parallel_size=run.gpus_per_actor, gpu_memory_utilization=run.gpu_memory_utilization,
+                max_model_len=run.max_model_len, colocate=run.colocate)
     generators = [
-        ray.remote(GenerationActor).options(name=f"distrl-generator-{i}", **opts).remote(
+        ray.remote(GenerationActor).options(name=f"distrl-generator-{i}",
+                                            **dict(opts, num_gpus=generator_gpus(cfg))).remote(
             model_path, cfg.model, backend=run.backend, seed=run.seed,
-            torch_threads=run.torch_threads or 1)
+            torch_threads=run.torch_threads or 1, vllm_options=vllm)
         for i in range(run.number_of_actors)]
     reference = None
     if cfg.ref_mode == "actor":

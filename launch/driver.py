@@ -59,7 +59,9 @@ class Batch:
 
 def preflight(cfg: TrainConfig) -> Setup:
     """Resolve model, data and reward; raise ConfigError on bad input. Starts no actor."""
-    resolve_backend(cfg.run.backend)
+    if resolve_backend(cfg.run.backend, verbose=True) == "vllm" and cfg.sampling.top_p < 1.0:
+        raise ConfigError("--backend vllm reports log-probs of the top-p truncated distribution, not "
+                          "the one the learner computes: use --top_p 1.0")
     check_unsloth(cfg.model, cfg.run.num_gpus_per_actor)
     try:
         load_reward(cfg.data.reward)  # imports here, so a bad spec fails before any process starts
@@ -167,7 +169,9 @@ class Trainer:
         start = time.perf_counter()
         self._finish_sync()
         if self.actors.generators:
-            refs = [g.load_weights.remote(weights_ref) for g in self.actors.generators]
+            # Wrapped in a list, the ref reaches the actor unresolved: a vLLM engine's workers
+            # fetch the object themselves (the hf backend resolves it in the actor).
+            refs = [g.load_weights.remote([weights_ref]) for g in self.actors.generators]
             self._loading = (refs, version)
         self.gen_version = version
         if block:

@@ -27,15 +27,32 @@ class Rollout:
     policy_version: int
 
 
-def resolve_backend(name: str) -> str:
-    """The backend an actor will build for `--backend`; refuse choices that cannot run."""
+def vllm_missing() -> str:
+    """Why the vLLM backend cannot run in this process ("" when it can)."""
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("vllm") is None:
+        return "vllm is not installed (pip install -r requirements-gpu.txt on a GPU machine)"
+    if not torch.cuda.is_available():
+        return "vllm needs a CUDA GPU and none is visible here"
+    return ""
+
+
+def resolve_backend(name: str, verbose: bool = False) -> str:
+    """The backend an actor will build for `--backend`: auto is vllm where vLLM and a GPU are
+    present, else hf. An explicit vllm that cannot run is refused before any actor starts."""
     from distrl.config import ConfigError
 
     if name == "auto":
-        # Until the vLLM engine integration lands, auto means hf everywhere.
-        return "hf"
+        why = vllm_missing()
+        choice = "hf" if why else "vllm"
+        if verbose:
+            print(f"backend auto: {choice}" + (f" ({why})" if why else ""), flush=True)
+        return choice
     if name == "vllm":
-        # The vLLM engine integration is not part of this version; refuse before any actor starts.
-        raise ConfigError("--backend vllm is not available in this version of distrl; use "
-                          "--backend hf (transformers, CPU or GPU)")
+        why = vllm_missing()
+        if why:
+            raise ConfigError(f"--backend vllm is not available here: {why}; use --backend hf")
     return name

@@ -1,0 +1,92 @@
+"""The vLLM side of a weight sync: a weight-transfer engine that takes policy weights from the
+Ray object store, for vLLM's own RL update API (`LLM.start_weight_update` / `update_weights` /
+`finish_weight_update`).
+
+vLLM builds a weight-transfer engine inside every one of its workers, so this module registers
+ours when it is imported, and the backend names `DistrlWorkerExtension` (below) as vLLM's
+`worker_extension_cls`: vLLM imports this module in each worker before it loads the model. Each
+worker then fetches the packed buffer from its node's object store (zero-copy on the node) and
+hands every tensor to the model's own `load_weights`, which shards it for tensor parallelism.
+
+The workers must be Ray workers of the same cluster to read the object store: in-process (`uni`,
+one GPU) or `distributed_executor_backend="ray"` (tensor parallel). Imports vLLM: only ever
+imported where vLLM is installed.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+import ray
+import ray.cloudpickle
+from vllm.distributed.weight_transfer.base import (WeightTransferEngine, WeightTransferInitInfo,
+                                                   WeightTransferUpdateInfo)
+from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
+
+from distrl.weights import tensor_views
+
+ENGINE_NAME = "distrl_object_store"
+
+
+def encode_ref(ref: ray.ObjectRef) -> str:
+    """An ObjectRef as plain text, so it survives whatever vLLM uses to reach its workers. The
+    caller holds the ref (it is the argument of the running load call) until the update ends."""
+    return base64.b64encode(ray.cloudpickle.dumps(ref)).decode()
+
+
+def decode_ref(text: str) -> ray.ObjectRef:
+    return ray.cloudpickle.loads(base64.b64decode(text))
+
+
+@dataclass
+class DistrlInitInfo(WeightTransferInitInfo):
+    pass  # nothing to set up: the object store is already there
+
+
+@dataclass
+class DistrlUpdateInfo(WeightTransferUpdateInfo):
+    ref: str  # encode_ref(ObjectRef of a distrl.weights.PackedWeights)
+    policy_version: int
+
+
+class DistrlObjectStoreEngine(WeightTransferEngine[DistrlInitInfo, DistrlUpdateInfo]):
+    init_info_cls = DistrlInitInfo
+    update_info_cls = DistrlUpdateInfo
+    supports_draft_weight_update = False
+
+    def init_transfer_engine(self, init_info: DistrlInitInfo) -> None:
+        if not ray.is_initialized():
+            raise RuntimeError("distrl weight sync: this vLLM worker is not a Ray worker, so it cannot "
+                               "read the object store; use distributed_executor_backend='ray' or 'uni'")
+
+    def start_weight_update(self) -> None:
+        from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
+
+        initialize_layerwise_reload(self.model)
+
+    def receive_weights(self, update_info: DistrlUpdateInfo) -> None:
+        packed = ray.get(decode_ref(update_info.ref))
+        if packed.policy_version != update_info.policy_version:
+            raise RuntimeError(f"distrl weight sync: object holds version {packed.policy_version}, "
+                               f"expected {update_info.policy_version}")
+        self.model.load_weights((name, t.to(self.device, non_blocking=True)) for name, t in tensor_views(packed))
+
+    def finish_weight_update(self) -> None:
+        from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
+
+        finalize_layerwise_reload(self.model, self.model_config)
+
+    def shutdown(self) -> None:
+        pass
+
+
+class DistrlWorkerExtension:
+    """Named as vLLM's `worker_extension_cls` only so that every worker imports this module (and
+    with it the engine registration); it adds no methods."""
+
+
+try:
+    WeightTransferEngineFactory.register_engine(ENGINE_NAME, DistrlObjectStoreEngine)
+except ValueError:  # imported a second time in this process: already registered
+    pass

@@ -175,6 +175,11 @@ class RunConfig:
     max_model_len: int = _field(0, "vLLM: longest prompt + completion; 0 = the model's own limit.")
     colocate: bool = _field(False, "vLLM on one GPU: the learner and one generator share it; the "
                             "engine sleeps while the learner trains.")
+    placement_strategy: str = _field("pack", "Placement group strategy for the actors' bundles: "
+                                     "pack (as few nodes as possible) or spread (over nodes).",
+                                     choices=["pack", "spread"])
+    placement_timeout_s: float = _field(60.0, "Deadline for the cluster to place every actor's "
+                                        "bundle; a miss is an error naming what was asked.")
     async_staleness: int = _field(0, "Asynchronous mode: generators keep sampling while the learner "
                                   "trains, and the learner takes rollouts at most this many policy "
                                   "versions old (off-policy corrected, decoupled PPO). 0 = synchronous.")

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.generation_actor import GenerationActor
 from distrl.config import ConfigError, TrainConfig
@@ -27,6 +29,7 @@ class Actors:
     learner: Any
     generators: list[Any]
     reference: Any | None
+    placement_group: Any = None
 
 
 def connect(cfg: TrainConfig) -> None:
@@ -44,6 +47,43 @@ def generator_gpus(cfg: TrainConfig) -> float:
     if resolve_backend(cfg.run.backend) != "vllm":
         return cfg.run.num_gpus_per_actor
     return 0.5 if cfg.run.colocate else float(cfg.run.gpus_per_actor)
+
+
+def generator_actor_gpus(cfg: TrainConfig) -> float:
+    """GPUs the generation actor itself holds. A tensor-parallel vLLM engine runs its workers as
+    Ray actors that reserve the GPUs themselves (in vLLM's own placement group), so the actor
+    that drives it holds none, or the workers could never be placed."""
+    if resolve_backend(cfg.run.backend) == "vllm" and not cfg.run.colocate and cfg.run.gpus_per_actor > 1:
+        return 0.0
+    return generator_gpus(cfg)
+
+
+def bundles(cfg: TrainConfig) -> list[dict[str, float]]:
+    """One placement-group bundle per actor: learner, generators, then the reference actor."""
+    run = cfg.run
+
+    def bundle(gpus: float) -> dict[str, float]:
+        return {"CPU": run.num_cpus_per_actor, **({"GPU": gpus} if gpus > 0 else {})}
+
+    out = [bundle(learner_gpus(cfg))] + [bundle(generator_actor_gpus(cfg))] * run.number_of_actors
+    if cfg.ref_mode == "actor":
+        out.append(bundle(run.num_gpus_per_actor))
+    return out
+
+
+def place(cfg: TrainConfig) -> PlacementGroup:
+    """Reserve every actor's resources at once (`--placement_strategy` pack or spread over
+    nodes); a cluster that cannot hold them is an error naming what was asked, never a wait."""
+    pg = placement_group(bundles(cfg), strategy=cfg.run.placement_strategy.upper(), name="distrl")
+    ready, _ = ray.wait([pg.ready()], timeout=cfg.run.placement_timeout_s)
+    if not ready:
+        remove_placement_group(pg)
+        asked = ", ".join(f"{b}" for b in bundles(cfg))
+        raise ConfigError(f"placement group ({cfg.run.placement_strategy}) not placed within "
+                          f"{cfg.run.placement_timeout_s:g}s: bundles {asked}; the cluster has "
+                          f"{ray.cluster_resources()}: lower the actors' resources, try "
+                          "--placement_strategy spread/pack, or add nodes")
+    return pg
 
 
 def learner_gpus(cfg: TrainConfig) -> float:
@@ -70,25 +110,31 @@ def check_resources(cfg: TrainConfig, available: dict[str, float]) -> None:
 
 
 def create_actors(cfg: TrainConfig, model_path: str) -> Actors:
-    """Named actors (distrl-learner, distrl-generator-i, distrl-reference), all started."""
+    """Named actors (distrl-learner, distrl-generator-i, distrl-reference), each in its bundle of
+    one placement group, all started."""
     run = cfg.run
-    opts = dict(num_cpus=run.num_cpus_per_actor, num_gpus=run.num_gpus_per_actor)
-    learner = ray.remote(LearnerActor).options(name="distrl-learner", **dict(opts, num_gpus=learner_gpus(cfg))).remote(
+    pg = place(cfg)
+    shape = bundles(cfg)
+
+    def opts(i: int) -> dict:
+        return dict(num_cpus=shape[i]["CPU"], num_gpus=shape[i].get("GPU", 0.0),
+                    scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i))
+
+    learner = ray.remote(LearnerActor).options(name="distrl-learner", **opts(0)).remote(
         model_path, cfg.model, cfg.algo, cfg.sampling.temperature, ref_mode=cfg.ref_mode,
         seed=run.seed, torch_threads=run.torch_threads, max_staleness=run.async_staleness)
     vllm = dict(tensor_parallel_size=run.gpus_per_actor, gpu_memory_utilization=run.gpu_memory_utilization,
                 max_model_len=run.max_model_len, colocate=run.colocate)
     generators = [
-        ray.remote(GenerationActor).options(name=f"distrl-generator-{i}",
-                                            **dict(opts, num_gpus=generator_gpus(cfg))).remote(
+        ray.remote(GenerationActor).options(name=f"distrl-generator-{i}", **opts(1 + i)).remote(
             model_path, cfg.model, backend=run.backend, seed=run.seed,
             torch_threads=run.torch_threads or 1, vllm_options=vllm)
         for i in range(run.number_of_actors)]
     reference = None
     if cfg.ref_mode == "actor":
-        reference = ray.remote(ReferenceActor).options(name="distrl-reference", **opts).remote(
+        reference = ray.remote(ReferenceActor).options(name="distrl-reference", **opts(len(shape) - 1)).remote(
             model_path, cfg.model, cfg.sampling.temperature, cfg.algo.micro_batch_size,
             torch_threads=run.torch_threads or 1)
     handles = [learner, *generators] + ([reference] if reference else [])
     ray.get([h.ready.remote() for h in handles], timeout=run.timeout_s)
-    return Actors(learner, generators, reference)
+    return Actors(learner, generators, reference, pg)

@@ -401,4 +401,6 @@ def run(cfg: TrainConfig) -> dict:
             for handle in [actors.learner, *actors.generators, actors.reference]:
                 if handle is not None:
                     ray.kill(handle)
+            if actors.placement_group is not None:
+                ray.util.remove_placement_group(actors.placement_group)
         ray.shutdown()

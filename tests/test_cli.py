@@ -153,3 +153,12 @@ def test_4bit_preflight_accepts_a_llama(tiny_model_dir):
 def test_weight_sync_period_needs_the_staleness_it_causes():
     assert_one_line_error(cli("--weight_sync_every", "3", "--async_staleness", "1"),
                           "--weight_sync_every 3 lets rollouts lag 2 versions", "--async_staleness >= 2")
+
+
+def test_placement_bundles_follow_the_actors_and_their_resources():
+    from launch.cluster import bundles
+
+    cfg = parse_args(["--number_of_actors", "2", "--beta", "0.1", "--num_cpus_per_actor", "0.5"])
+    assert bundles(cfg) == [{"CPU": 0.5}] * 4  # learner, 2 generators, reference; no GPU keys on CPU
+    cfg = parse_args(["--number_of_actors", "1", "--num_gpus_per_actor", "1", "--backend", "hf"])
+    assert bundles(cfg) == [{"CPU": 0.5, "GPU": 1.0}] * 2

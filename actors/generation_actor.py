@@ -14,7 +14,7 @@ import torch
 from distrl.config import ModelConfig
 from distrl.generation import Rollout, SamplingParams, resolve_backend
 from distrl.generation.hf import HFBackend
-from distrl.models import load_policy, load_tokenizer, pick_device
+from distrl.models import load_policy, load_tokenizer, pick_device, where
 from distrl.weights import PackedWeights
 
 
@@ -40,7 +40,7 @@ class GenerationActor:
         self.policy_version = -1  # no weights from the learner yet
 
     def ready(self) -> dict:
-        return {"pid": os.getpid(), "device": str(self.device), "threads": torch.get_num_threads()}
+        return {**where(), "device": str(self.device), "threads": torch.get_num_threads(), "backend": self.kind}
 
     def load_weights(self, packed: PackedWeights | list) -> int:
         """Load a published policy version; return the version now held. `packed` is the

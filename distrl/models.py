@@ -129,6 +129,14 @@ def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def where() -> dict[str, Any]:
+    """This process: pid, and the Ray node it runs on (None outside Ray)."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    return {"pid": os.getpid(), "node": node}
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
     """Tokenizer with a pad token and left padding (what batched generation needs)."""
     from transformers import AutoTokenizer

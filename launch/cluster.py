@@ -30,15 +30,26 @@ class Actors:
     generators: list[Any]
     reference: Any | None
     placement_group: Any = None
+    info: dict[str, dict] | None = None  # name -> what its ready() said (pid, node, device)
 
 
 def connect(cfg: TrainConfig) -> None:
-    """Join `--ray_address` / RAY_ADDRESS when given, else start a local cluster."""
+    """Join `--ray_address` / RAY_ADDRESS when given, else start a local cluster.
+
+    Joining a cluster ships this repository to every node as the job's `working_dir` (workers
+    import actors/, learners/ and distrl/ from it), so nothing depends on the driver's directory
+    existing on other machines; inside `ray job submit --working-dir .` the job's own copy is
+    used. A local cluster shares this machine's files: PYTHONPATH is enough."""
     address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS") or None
-    # Workers import actors/, learners/ and distrl/ from the repository root.
-    pythonpath = os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(address=address, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
-             log_to_driver=True, logging_level="WARNING")
+    if address is None:
+        pythonpath = os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH", "")) if p)
+        runtime_env = {"env_vars": {"PYTHONPATH": pythonpath}}
+    elif os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):  # a submitted job: its runtime_env carries the code
+        runtime_env = None
+    else:
+        runtime_env = {"working_dir": REPO_ROOT,
+                       "excludes": [".venv/", ".git/", "outputs/", "__pycache__/", ".pytest_cache/"]}
+    ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_level="WARNING")
 
 
 def generator_gpus(cfg: TrainConfig) -> float:
@@ -136,5 +147,7 @@ def create_actors(cfg: TrainConfig, model_path: str) -> Actors:
             model_path, cfg.model, cfg.sampling.temperature, cfg.algo.micro_batch_size,
             torch_threads=run.torch_threads or 1)
     handles = [learner, *generators] + ([reference] if reference else [])
-    ray.get([h.ready.remote() for h in handles], timeout=run.timeout_s)
-    return Actors(learner, generators, reference, pg)
+    names = ["distrl-learner"] + [f"distrl-generator-{i}" for i in range(len(generators))] + \
+        (["distrl-reference"] if reference else [])
+    info = dict(zip(names, ray.get([h.ready.remote() for h in handles], timeout=run.timeout_s)))
+    return Actors(learner, generators, reference, pg, info)

@@ -105,6 +105,7 @@ class Trainer:
         self.rollouts_generated = self.rollouts_dropped = 0
         self._prompt_cache: dict[int, list[int]] = {}
         self.log = MetricsLog(os.path.join(setup.output_dir, "metrics.jsonl"))
+        self.samples = MetricsLog(os.path.join(setup.output_dir, "samples.jsonl"))
         self.dashboard = DashboardMetrics(os.path.basename(setup.output_dir))
         timeout, default = cfg.data.reward_timeout_s, cfg.data.reward_default
         self.rewards = RewardPool(setup.reward_specs, timeout, default)
@@ -289,6 +290,11 @@ class Trainer:
         rows = [self.setup.train_rows[batch.indices[p]] for p in keep]
         rewards, reward_stats = self._rewards(rows, groups)
         t_reward = time.perf_counter()
+        for p in range(min(cfg.run.log_samples, len(groups))):  # what the model says, to read
+            self.samples.write({"step": step, "prompt": rows[p]["prompt"], "reward": float(rewards[p, 0]),
+                                "policy_version": groups[p][0].policy_version,
+                                "completion": self.tokenizer.decode(groups[p][0].completion_ids,
+                                                                    skip_special_tokens=True)})
         advantages = compute_advantages(self.learner_algo.advantage, rewards, cfg.algo.std_floor)
         keep = (topk_indices(rewards, cfg.algo.topk) if cfg.algo.topk
                 else torch.arange(rewards.shape[1]).expand_as(rewards))
@@ -340,6 +346,9 @@ class Trainer:
         os.makedirs(self.setup.output_dir, exist_ok=True)
         with open(os.path.join(self.setup.output_dir, "config.json"), "w") as f:
             json.dump(cfg.to_dict(), f, indent=2)
+        if self.actors.info:  # which node and process each actor landed on
+            with open(os.path.join(self.setup.output_dir, "actors.json"), "w") as f:
+                json.dump(self.actors.info, f, indent=2)
         # Version 0 goes out too: generators never sample from weights the learner does not hold.
         self.weights_ref = self.actors.learner.publish.remote()
         self._sync(self.weights_ref, 0)

@@ -22,7 +22,8 @@ class MetricsLog:
 # metrics.jsonl keys exported as dashboard gauges, named distrl_<key>.
 DASHBOARD_KEYS = ("step", "policy_version", "reward_mean", "accuracy", "eval_accuracy", "loss", "kl",
                   "logprob_gap", "completion_len_mean", "tokens_per_s", "gen_s", "reward_s", "ref_s",
-                  "train_s", "sync_s", "step_s")
+                  "train_s", "sync_s", "step_s", "samples_per_s", "staleness_max", "rollouts_dropped",
+                  "reward_errors", "reward_timeouts")
 
 
 class DashboardMetrics:

@@ -20,7 +20,7 @@ from distrl.batch import Collated, collate, completion_logprobs, plan_microbatch
 from distrl.config import AlgoConfig, ModelConfig
 from distrl.generation import Rollout, SamplingParams
 from distrl.generation.hf import HFBackend
-from distrl.models import (load_policy, load_tokenizer, load_unsloth_policy, pick_device,
+from distrl.models import (load_policy, load_tokenizer, load_unsloth_policy, pick_device, where,
                            trainable_parameters)
 from distrl.optim import clip_and_step, make_optimizer
 from distrl.weights import PackedWeights, WeightPacker
@@ -55,7 +55,7 @@ class LearnerActor:
         self.model_path, self.lora = model_path, model_cfg.lora_rank > 0
 
     def ready(self) -> dict:
-        return {"pid": os.getpid(), "device": str(self.device), "threads": torch.get_num_threads(),
+        return {**where(), "device": str(self.device), "threads": torch.get_num_threads(),
                 "trainable_params": sum(p.numel() for p in self.params.values())}
 
     def publish(self) -> PackedWeights:

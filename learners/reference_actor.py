@@ -14,7 +14,7 @@ import torch
 from distrl.batch import collate, completion_logprobs
 from distrl.config import ModelConfig
 from distrl.generation import Rollout
-from distrl.models import load_policy, load_tokenizer, pick_device
+from distrl.models import load_policy, load_tokenizer, pick_device, where
 
 
 class ReferenceActor:
@@ -29,7 +29,7 @@ class ReferenceActor:
         self.model.eval()
 
     def ready(self) -> dict:
-        return {"pid": os.getpid(), "device": str(self.device)}
+        return {**where(), "device": str(self.device)}
 
     @torch.no_grad()
     def logprobs(self, rollouts: list[Rollout]) -> list[list[float]]:

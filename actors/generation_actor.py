@@ -7,8 +7,6 @@ or gradients.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from distrl.config import ModelConfig

@@ -7,7 +7,6 @@ never changes; it knows nothing about advantages or optimizers.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import torch
 

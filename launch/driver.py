@@ -59,9 +59,13 @@ class Batch:
 
 def preflight(cfg: TrainConfig) -> Setup:
     """Resolve model, data and reward; raise ConfigError on bad input. Starts no actor."""
-    if resolve_backend(cfg.run.backend, verbose=True) == "vllm" and cfg.sampling.top_p < 1.0:
+    backend = resolve_backend(cfg.run.backend, verbose=True)
+    if backend == "vllm" and cfg.sampling.top_p < 1.0:
         raise ConfigError("--backend vllm reports log-probs of the top-p truncated distribution, not "
                           "the one the learner computes: use --top_p 1.0")
+    if cfg.run.colocate and backend != "vllm":
+        raise ConfigError("--colocate shares one GPU between the learner and a sleeping vLLM engine: it "
+                          "needs the vllm backend (vllm and a CUDA GPU); drop --colocate here")
     check_unsloth(cfg.model, cfg.run.num_gpus_per_actor)
     try:
         load_reward(cfg.data.reward)  # imports here, so a bad spec fails before any process starts

@@ -162,3 +162,8 @@ def test_placement_bundles_follow_the_actors_and_their_resources():
     assert bundles(cfg) == [{"CPU": 0.5}] * 4  # learner, 2 generators, reference; no GPU keys on CPU
     cfg = parse_args(["--number_of_actors", "1", "--num_gpus_per_actor", "1", "--backend", "hf"])
     assert bundles(cfg) == [{"CPU": 0.5, "GPU": 1.0}] * 2
+
+
+def test_colocate_needs_the_vllm_backend():
+    assert_one_line_error(cli("--colocate", "--number_of_actors", "1", "--batch_size", "3"),
+                          "--colocate shares one GPU", "drop --colocate here")

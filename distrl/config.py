@@ -175,6 +175,8 @@ class RunConfig:
     max_model_len: int = _field(0, "vLLM: longest prompt + completion; 0 = the model's own limit.")
     colocate: bool = _field(False, "vLLM on one GPU: the learner and one generator share it; the "
                             "engine sleeps while the learner trains.")
+    tensorboard: bool = _field(False, "Also write TensorBoard scalars to output_dir/run_name/tensorboard.")
+    wandb: bool = _field(False, "Also log to Weights & Biases (project distrl), if wandb is installed.")
     log_samples: int = _field(2, "Prompts per step written to samples.jsonl (first completion, its "
                               "reward); 0 = none.")
     placement_strategy: str = _field("pack", "Placement group strategy for the actors' bundles: "

@@ -29,7 +29,7 @@ from distrl.plot import draw as draw_plots
 from distrl.rewards import load_reward
 from distrl.rewards.pool import RewardPool, RewardStats
 from launch.cluster import Actors, check_resources, connect, create_actors
-from launch.metrics import DashboardMetrics, MetricsLog, step_line, summary_lines
+from launch.metrics import DashboardMetrics, ExtraLogs, MetricsLog, step_line, summary_lines
 
 
 @dataclasses.dataclass
@@ -63,6 +63,12 @@ def preflight(cfg: TrainConfig) -> Setup:
     if backend == "vllm" and cfg.sampling.top_p < 1.0:
         raise ConfigError("--backend vllm reports log-probs of the top-p truncated distribution, not "
                           "the one the learner computes: use --top_p 1.0")
+    import importlib.util
+
+    for flag, package in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
+        if getattr(cfg.run, flag) and importlib.util.find_spec(package) is None:
+            raise ConfigError(f"--{flag}: {package} is not installed; pip install {package}"
+                              f"{' (then wandb login)' if flag == 'wandb' else ''}, or drop --{flag}")
     if cfg.run.colocate and backend != "vllm":
         raise ConfigError("--colocate shares one GPU between the learner and a sleeping vLLM engine: it "
                           "needs the vllm backend (vllm and a CUDA GPU); drop --colocate here")
@@ -110,12 +116,15 @@ class Trainer:
         self._prompt_cache: dict[int, list[int]] = {}
         self.log = MetricsLog(os.path.join(setup.output_dir, "metrics.jsonl"))
         self.samples = MetricsLog(os.path.join(setup.output_dir, "samples.jsonl"))
+        self.extra = ExtraLogs(setup.output_dir, os.path.basename(setup.output_dir), cfg.run.tensorboard,
+                               cfg.run.wandb, cfg.to_dict())
         self.dashboard = DashboardMetrics(os.path.basename(setup.output_dir))
         timeout, default = cfg.data.reward_timeout_s, cfg.data.reward_default
         self.rewards = RewardPool(setup.reward_specs, timeout, default)
         self.eval_reward = RewardPool(setup.reward_specs[:1], timeout, default)
 
     def close(self) -> None:
+        self.extra.close()
         self.rewards.close()
         self.eval_reward.close()
 
@@ -359,6 +368,7 @@ class Trainer:
         evals = {0: self.evaluate()}
         self.log.write({"step": 0, "policy_version": 0, "eval_accuracy": evals[0]})
         self.dashboard.record({"step": 0, "policy_version": 0, "eval_accuracy": evals[0]})
+        self.extra.record({"step": 0, "eval_accuracy": evals[0]})
         print(f"step 0/{cfg.run.max_steps} | eval_accuracy {evals[0]:.3f}", flush=True)
         history = []
         # A bar with ETA on a terminal; in job logs (not a terminal) only the plain step lines.
@@ -370,6 +380,7 @@ class Trainer:
                 evals[step] = metrics["eval_accuracy"] = self.evaluate()
             self.log.write(metrics)
             self.dashboard.record(metrics)
+            self.extra.record(metrics)
             history.append(metrics)
             line = step_line(metrics, cfg.run.max_steps)
             print(line, flush=True) if bar.disable else bar.write(line)

@@ -42,6 +42,39 @@ class DashboardMetrics:
                 gauge.set(float(metrics[key]), tags=self.tags)
 
 
+class ExtraLogs:
+    """Optional copies of each metrics record: TensorBoard scalars in `output_dir/tensorboard`
+    and a Weights & Biases run (project distrl). metrics.jsonl stays the source of truth."""
+
+    def __init__(self, output_dir: str, run_name: str, tensorboard: bool, wandb: bool,
+                 config: dict[str, Any] | None = None) -> None:
+        self.tb = self.wandb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(os.path.join(output_dir, "tensorboard"))
+        if wandb:
+            import wandb as wb
+
+            self.wandb = wb.init(project="distrl", name=run_name, config=config, dir=output_dir)
+
+    def record(self, metrics: dict[str, Any]) -> None:
+        step = int(metrics["step"])
+        scalars = {k: float(v) for k, v in metrics.items() if k != "step" and isinstance(v, int | float)}
+        if self.tb is not None:
+            for key, value in scalars.items():
+                self.tb.add_scalar(key, value, step)
+            self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
 def step_line(m: dict[str, Any], max_steps: int) -> str:
     parts = [f"step {m['step']}/{max_steps}", f"reward {m['reward_mean']:.3f}", f"acc {m['accuracy']:.3f}",
              f"loss {m['loss']:+.4f}", f"kl {m['kl']:.4f}", f"gap {m['logprob_gap']:.1e}",

@@ -167,3 +167,7 @@ def test_placement_bundles_follow_the_actors_and_their_resources():
 def test_colocate_needs_the_vllm_backend():
     assert_one_line_error(cli("--colocate", "--number_of_actors", "1", "--batch_size", "3"),
                           "--colocate shares one GPU", "drop --colocate here")
+
+
+def test_wandb_without_wandb_installed_says_how_to_get_it():
+    assert_one_line_error(cli("--wandb"), "--wandb: wandb is not installed; pip install wandb", "drop --wandb")

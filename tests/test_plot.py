@@ -27,3 +27,19 @@ def test_plots_are_drawn_from_metrics_jsonl(tmp_path):
 def test_a_folder_without_metrics_is_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "distrl.plot", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and "a run folder holding metrics.jsonl" in proc.stderr
+
+
+def test_tensorboard_gets_every_numeric_metric_per_step(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from launch.metrics import ExtraLogs
+
+    logs = ExtraLogs(str(tmp_path), "run", tensorboard=True, wandb=False)
+    logs.record({"step": 0, "eval_accuracy": 0.25})
+    logs.record({"step": 1, "reward_mean": 0.5, "logprob_gap": 2e-6, "note": "text is skipped"})
+    logs.record({"step": 2, "reward_mean": 0.75, "logprob_gap": 3e-6})
+    logs.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == {"eval_accuracy", "reward_mean", "logprob_gap"}
+    assert [(e.step, e.value) for e in events.Scalars("reward_mean")] == [(1, 0.5), (2, 0.75)]

@@ -105,7 +105,7 @@ def test_async_pipeline_keeps_the_staleness_bound_and_every_rollout(tiny_model_d
     always fresh, and the final evaluation still runs on the newest weights."""
     steps, batch, group = 5, 4, 4
     proc = train(tiny_run_args(tiny_model_dir, "--max_steps", str(steps), "--async_staleness", "2",
-                               "--weight_sync_every", "2", "--eval_every", "0"), tmp_path)
+                               "--weight_sync_every", "2", "--eval_every", "0", "--tensorboard"), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = read_metrics(tmp_path)
     train_steps = [m for m in lines[1:]]
@@ -119,3 +119,4 @@ def test_async_pipeline_keeps_the_staleness_bound_and_every_rollout(tiny_model_d
     assert max(m["logprob_gap"] for m in train_steps) > 1e-3
     assert all(0 < m["importance_weight"] <= 2.0 for m in train_steps)
     assert "eval_accuracy" in train_steps[-1]
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "run" / "tensorboard"))

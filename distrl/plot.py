@@ -39,7 +39,9 @@ def draw(run_dir: str) -> list[str]:
     charts = {
         "reward.png": ("reward and accuracy per step", ["reward_mean", "accuracy"], None),
         "eval_accuracy.png": ("held-out accuracy (greedy)", ["eval_accuracy"], "o-"),
-        "completion_length.png": ("completion length (tokens, mean)", ["completion_len_mean"], None),
+        "completion_length.png": ("completion length (tokens): mean, 10th/90th percentile, max",
+                                  ["completion_len_mean", "completion_len_p10", "completion_len_p90",
+                                   "completion_len_max"], None),
         "kl_logprob_gap.png": ("KL to reference and logprob_gap", ["kl", "logprob_gap"], None),
     }
     paths = []

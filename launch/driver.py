@@ -57,6 +57,16 @@ class Batch:
     launched: float = dataclasses.field(default_factory=time.perf_counter)
 
 
+def length_percentiles(lengths: list[int]) -> dict[str, float]:
+    """How completion lengths are spread in a step: 10th and 90th percentile, and the longest."""
+    ordered = sorted(lengths)
+
+    def at(q: float) -> float:
+        return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
+
+    return {"completion_len_p10": at(0.1), "completion_len_p90": at(0.9), "completion_len_max": float(ordered[-1])}
+
+
 def preflight(cfg: TrainConfig) -> Setup:
     """Resolve model, data and reward; raise ConfigError on bad input. Starts no actor."""
     backend = resolve_backend(cfg.run.backend, verbose=True)
@@ -338,6 +348,7 @@ class Trainer:
             "logprob_gap": train["logprob_gap"], "grad_norm": train["grad_norm"],
             "skipped_update": train["skipped_update"],
             "completion_len_mean": completion_tokens / len(all_rollouts),
+            **length_percentiles([len(r.completion_ids) for r in all_rollouts]),
             "truncated_frac": sum(r.finish_reason == "length" for r in all_rollouts) / len(all_rollouts),
             "frac_zero_std": float((std < cfg.algo.std_floor).float().mean()),
             "reward_errors": reward_stats.errors, "reward_timeouts": reward_stats.timeouts,

@@ -43,3 +43,11 @@ def test_tensorboard_gets_every_numeric_metric_per_step(tmp_path):
     events.Reload()
     assert set(events.Tags()["scalars"]) == {"eval_accuracy", "reward_mean", "logprob_gap"}
     assert [(e.step, e.value) for e in events.Scalars("reward_mean")] == [(1, 0.5), (2, 0.75)]
+
+
+def test_completion_length_spread_per_step():
+    from launch.driver import length_percentiles
+
+    assert length_percentiles(list(range(1, 11))) == {"completion_len_p10": 2.0, "completion_len_p90": 10.0,
+                                                      "completion_len_max": 10.0}
+    assert length_percentiles([7]) == {"completion_len_p10": 7.0, "completion_len_p90": 7.0, "completion_len_max": 7.0}

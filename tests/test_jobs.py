@@ -1,6 +1,6 @@
 """The documented job path on a real local cluster: `ray start --head`, then `ray job submit
 --working-dir . -- python train_distributed.py ...` with RAY_AUTH_MODE=token (Ray 2.60's token
-authentication). A run succeeds with the summary in its logs, a bad one fails with its error,
+authentication). A run succeeds with the summary in its logs, a broken one fails with its traceback,
 and a stopped one leaves no actor or placement group behind."""
 
 import json
@@ -64,9 +64,12 @@ def test_job_succeeds_fails_and_stops_cleanly(head, tiny_model_dir, tmp_path):
     logs = ray_cli("job", "logs", ok).stdout
     assert "== distrl summary ==" in logs and "held-out accuracy" in logs
 
-    bad = submit("--model", "/no/such/model")
+    # A run that breaks once training started: FAILED, and the traceback is in the job's logs.
+    bad = submit(*tiny_run_args(tiny_model_dir, "--reward", "tests.helpers:always_raises", "--max_steps", "1",
+                                "--output_dir", str(tmp_path), "--run_name", "bad"))
     assert wait_for(bad, {"SUCCEEDED", "FAILED"}) == "FAILED"
-    assert "model path '/no/such/model' does not exist" in ray_cli("job", "logs", bad).stdout
+    logs = ray_cli("job", "logs", bad).stdout
+    assert "Traceback (most recent call last)" in logs and "KeyError: 'missing'" in logs
 
     long = submit(*tiny_run_args(tiny_model_dir, "--max_steps", "500", "--output_dir", str(tmp_path),
                                  "--run_name", "long"))

@@ -49,7 +49,7 @@ class GenerationActor:
             import ray
 
             (ref,) = packed
-            packed = None if self.kind == "vllm" and not self.backend.lora else ray.get(ref)
+            packed = ray.get(ref)  # zero-copy: a view of this node's object store
         if self.kind == "vllm":
             self.policy_version = self.backend.load_weights(packed, ref)
         else:

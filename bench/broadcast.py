@@ -32,6 +32,7 @@ import torch  # noqa: E402
 from distrl.config import ModelConfig  # noqa: E402
 from distrl.models import load_policy, resolve_model, trainable_parameters  # noqa: E402
 from distrl.weights import WeightPacker, load_packed  # noqa: E402
+from launch.metrics import object_store_bytes_used  # noqa: E402
 
 K = 2
 
@@ -51,13 +52,6 @@ class Holder:
     def load_naive(self, state_dict) -> int:
         self.model.load_state_dict(state_dict)
         return 0
-
-
-def store_bytes_used() -> int:
-    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
-
-    state = get_state_from_address(ray.get_runtime_context().gcs_address)
-    return get_memory_info_reply(state).store_stats.object_store_bytes_used
 
 
 def settle() -> None:
@@ -94,7 +88,7 @@ def measure(path: str, lora_rank: int, repeats: int, versions: int) -> dict[str,
         del ref
 
     settle()
-    before = store_bytes_used()
+    before = object_store_bytes_used()
     ref = None
     for version in range(versions):
         new = ray.put(packer.pack(trainable, version))
@@ -102,7 +96,7 @@ def measure(path: str, lora_rank: int, repeats: int, versions: int) -> dict[str,
         ref = new  # the previous version's object is released here
     del ref, new
     settle()
-    growth = (store_bytes_used() - before) / 2**20
+    growth = (object_store_bytes_used() - before) / 2**20
     for a in actors:
         ray.kill(a)
     return {"mb": nbytes / 2**20, "copy": statistics.median(copy_t), "packed": statistics.median(packed_t),

@@ -75,6 +75,15 @@ class ExtraLogs:
             self.wandb.finish()
 
 
+def object_store_bytes_used() -> int:
+    """Bytes the connected cluster's object store holds now (Ray's memory summary)."""
+    import ray
+    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+    state = get_state_from_address(ray.get_runtime_context().gcs_address)
+    return get_memory_info_reply(state).store_stats.object_store_bytes_used
+
+
 def step_line(m: dict[str, Any], max_steps: int) -> str:
     parts = [f"step {m['step']}/{max_steps}", f"reward {m['reward_mean']:.3f}", f"acc {m['accuracy']:.3f}",
              f"loss {m['loss']:+.4f}", f"kl {m['kl']:.4f}", f"gap {m['logprob_gap']:.1e}",

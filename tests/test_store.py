@@ -13,6 +13,7 @@ from distrl.data import load_splits
 from distrl.weights import pack
 from launch.cluster import Actors
 from launch.driver import Setup, Trainer
+from launch.metrics import object_store_bytes_used
 
 MB = 1 << 20
 
@@ -34,13 +35,6 @@ class _Tokenizer:
         return {"input_ids": [1, 2, 3]}
 
 
-def store_bytes_used() -> int:
-    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
-
-    state = get_state_from_address(ray.get_runtime_context().gcs_address)
-    return get_memory_info_reply(state).store_stats.object_store_bytes_used
-
-
 @pytest.mark.parametrize("staleness", [0, 1])
 def test_store_does_not_grow_over_20_versions(tmp_path, staleness):
     ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR")
@@ -60,13 +54,13 @@ def test_store_does_not_grow_over_20_versions(tmp_path, staleness):
         trainer._finish_sync()
         gc.collect()
         time.sleep(1)
-        before = store_bytes_used()
+        before = object_store_bytes_used()
         for version in range(1, 21):
             publish(version)
         trainer._finish_sync()
         gc.collect()
         time.sleep(2)
-        growth = store_bytes_used() - before
+        growth = object_store_bytes_used() - before
         trainer.close()
         assert growth < 2 * 4 * MB, f"store grew {growth / MB:.1f} MB over 20 versions"
     finally:

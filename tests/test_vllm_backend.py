@@ -197,9 +197,9 @@ def test_full_weights_go_through_vllms_update_api_in_order(fake_vllm, tmp_path):
 
     ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR")
     try:
-        ref = ray.put(pack({"w": torch.ones(2)}, policy_version=4))
+        packed = pack({"w": torch.ones(2)}, policy_version=4)
         llm.calls.clear()
-        assert backend.load_weights(None, ref) == 4
+        assert backend.load_weights(packed, ray.put(packed)) == 4
     finally:
         ray.shutdown()
     names = [c[0] for c in llm.calls]

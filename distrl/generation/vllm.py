@@ -143,18 +143,16 @@ class VLLMBackend:
         self.asleep = False
 
     # -- weights ----------------------------------------------------------------------
-    def load_weights(self, packed: PackedWeights | None, ref: Any = None) -> int:
-        """Load one policy version: full weights from the ObjectRef `ref` (fetched by the vLLM
-        workers themselves), or the LoRA adapter from `packed`. Returns the version now held."""
+    def load_weights(self, packed: PackedWeights, ref: Any = None) -> int:
+        """Load one policy version: full weights from the ObjectRef `ref` to `packed` (fetched by
+        the vLLM workers themselves), or the LoRA adapter from `packed`. Returns the version."""
         self._wake(["weights"])
         if self.lora:
             version = self._load_adapter(packed)
         else:
             from distrl.generation.vllm_engine import encode_ref
 
-            import ray
-
-            version = packed.policy_version if packed is not None else ray.get(ref).policy_version
+            version = packed.policy_version
             self.llm.start_weight_update()
             self.llm.update_weights({"update_info": {"ref": encode_ref(ref), "policy_version": version}})
             self.llm.finish_weight_update(weight_version=str(version))

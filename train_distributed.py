@@ -3,14 +3,15 @@
     python train_distributed.py --number_of_actors 2 --learner grpo
 
 Bad input ends the run before any actor starts, with one line on stderr and exit code 2; an
-actor that misses a deadline ends it with one line naming the actor and exit code 1.
+actor that misses a deadline, or is lost for good, ends it with one line naming the actor (and
+the checkpoint to resume from) and exit code 1.
 """
 
 from __future__ import annotations
 
 import sys
 
-from distrl.config import ConfigError, parse_args
+from distrl.config import ConfigError, RunStopped, parse_args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except TimeoutError as e:  # a deadline was missed; the message names the actor
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except RunStopped as e:  # an actor lost for good, or updates that keep failing
+        print(f"error: {e}", file=sys.stderr)  # names the actor and the checkpoint to resume from
         return 1
     return 0
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 
 from distrl.config import ModelConfig
-from distrl.generation import Rollout, SamplingParams, resolve_backend
+from distrl.generation import Rollout, SamplingParams, WeightsMissing, resolve_backend
 from distrl.generation.hf import HFBackend
-from distrl.models import load_policy, load_tokenizer, pick_device, where
+from distrl.models import load_policy, load_tokenizer, pick_device, tokenizer_fingerprint, where
 from distrl.weights import PackedWeights
 
 
@@ -38,7 +38,12 @@ class GenerationActor:
         self.policy_version = -1  # no weights from the learner yet
 
     def ready(self) -> dict:
-        return {**where(), "device": str(self.device), "threads": torch.get_num_threads(), "backend": self.kind}
+        if self.kind == "vllm":
+            tokenizer, eos_ids = self.backend.llm.get_tokenizer(), None
+        else:
+            tokenizer, eos_ids = self.backend.tokenizer, self.backend.eos_ids
+        return {**where(), "device": str(self.device), "threads": torch.get_num_threads(), "backend": self.kind,
+                "tokenizer": tokenizer_fingerprint(tokenizer), "eos_ids": eos_ids}
 
     def load_weights(self, packed: PackedWeights | list) -> int:
         """Load a published policy version; return the version now held. `packed` is the
@@ -58,6 +63,6 @@ class GenerationActor:
         return self.policy_version
 
     def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[list[Rollout]]:
-        if self.policy_version < 0 and not sampling.greedy:
-            raise RuntimeError("generate called before any weights were loaded")
+        if self.policy_version < 0:  # e.g. just restarted by Ray: never sample from stale weights
+            raise WeightsMissing("generate called before any weights were loaded")
         return self.backend.generate(prompts, sampling, self.policy_version)

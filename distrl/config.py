@@ -22,6 +22,11 @@ class ConfigError(ValueError):
     """Bad user input; the entry point prints it as one line and exits with code 2."""
 
 
+class RunStopped(RuntimeError):
+    """A run that cannot go on (an actor lost for good, updates that keep failing); the entry
+    point prints it as one line, which says how to continue, and exits with code 1."""
+
+
 def _field(default: Any, help: str, **metadata: Any) -> Any:
     return field(default=default, metadata={"help": help, **metadata})
 
@@ -72,6 +77,10 @@ class DataConfig:
     reward_default: float = _field(0.0, "Score of a completion whose reward raised or timed out.")
     max_reward_error_rate: float = _field(0.1, "Stop the run when more than this fraction of a "
                                           "step's reward calls raise or time out.")
+    max_prompt_tokens: int = _field(1024, "Longest prompt (chat template included), in tokens.")
+    long_prompts: str = _field("drop", "Prompts over --max_prompt_tokens: drop (skipped when drawn, "
+                               "counted in prompts_dropped) or error (all rows checked before the "
+                               "run starts).", choices=["drop", "error"])
 
     def __post_init__(self) -> None:
         if not 0.0 < self.eval_fraction < 1.0:
@@ -82,6 +91,8 @@ class DataConfig:
             raise ConfigError(f"--reward_timeout_s must be > 0, got {self.reward_timeout_s}")
         if self.num_eval < 1:
             raise ConfigError(f"--num_eval must be >= 1, got {self.num_eval}")
+        if self.max_prompt_tokens < 1:
+            raise ConfigError(f"--max_prompt_tokens must be >= 1, got {self.max_prompt_tokens}")
 
 
 @dataclass(frozen=True)
@@ -187,6 +198,20 @@ class RunConfig:
     async_staleness: int = _field(0, "Asynchronous mode: generators keep sampling while the learner "
                                   "trains, and the learner takes rollouts at most this many policy "
                                   "versions old (off-policy corrected, decoupled PPO). 0 = synchronous.")
+    save_every: int = _field(10, "Checkpoint every N steps (and always at the end) to "
+                             "output_dir/run_name/checkpoints; 0 = only at the end.")
+    keep_checkpoints: int = _field(2, "Keep the newest N checkpoints; 0 = keep all.")
+    resume: str = _field("", "Continue a run: 'auto' (the newest checkpoint of --run_name, or of the "
+                         "newest run in --output_dir; a fresh start when there is none) or a "
+                         "checkpoint/run folder. Empty = start from step 0.")
+    auto_resume: bool = _field(False, "When the learner or reference actor dies (or a generator "
+                               "cannot be restarted), restart every actor from the last checkpoint "
+                               "by itself (at most --max_auto_resumes times) instead of stopping.")
+    max_auto_resumes: int = _field(3, "With --auto_resume: restarts from a checkpoint per run.")
+    max_actor_restarts: int = _field(3, "Times Ray restarts a dead generation actor; it then loads "
+                                     "the current weights and regenerates its prompts of the step.")
+    max_bad_steps: int = _field(3, "Stop after this many updates in a row skipped for a non-finite "
+                                "loss or gradient norm.")
     weight_sync_every: int = _field(1, "Broadcast new weights to the generators every N learner "
                                     "updates (rollouts then lag up to N-1 versions: needs "
                                     "--async_staleness >= N-1).")
@@ -213,6 +238,11 @@ class RunConfig:
             raise ConfigError(f"--weight_sync_every {self.weight_sync_every} lets rollouts lag "
                               f"{self.weight_sync_every - 1} versions behind the learner: set "
                               f"--async_staleness >= {self.weight_sync_every - 1}")
+        for name in ("save_every", "keep_checkpoints", "max_auto_resumes", "max_actor_restarts"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_bad_steps < 1:
+            raise ConfigError(f"--max_bad_steps must be >= 1, got {self.max_bad_steps}")
         if self.number_of_actors < 0:
             raise ConfigError(f"--number_of_actors must be >= 0, got {self.number_of_actors}")
         if self.num_candidates < 1:

@@ -148,6 +148,20 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
     return tokenizer
 
 
+def tokenizer_fingerprint(tokenizer: Any, eos_ids: list[int] | None = None) -> str:
+    """A short hash of what decides the token ids an actor sees and stops on: vocabulary, special
+    tokens, chat template, and the EOS ids generation stops at. Actors that disagree would train
+    on ids that mean something else to another actor."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    digest.update(json.dumps([str(tokenizer.chat_template or ""), tokenizer.eos_token_id,
+                              tokenizer.pad_token_id, tokenizer.bos_token_id, eos_ids]).encode())
+    return digest.hexdigest()[:16]
+
+
 def load_policy(path: str, cfg: ModelConfig, device: torch.device, seed: int = 0) -> torch.nn.Module:
     """The policy model: full weights, or the base wrapped with a LoRA adapter when lora_rank > 0
     (on a 4-bit NF4 base with `load_in_4bit`).

@@ -49,7 +49,9 @@ def connect(cfg: TrainConfig) -> None:
     else:
         runtime_env = {"working_dir": REPO_ROOT,
                        "excludes": [".venv/", ".git/", "outputs/", "__pycache__/", ".pytest_cache/"]}
-    ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_level="WARNING")
+    # A cluster started here serves its dashboard (and job API) on 127.0.0.1 only.
+    local = {"dashboard_host": "127.0.0.1"} if address is None else {}
+    ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_level="WARNING", **local)
 
 
 def generator_gpus(cfg: TrainConfig) -> float:
@@ -137,7 +139,10 @@ def create_actors(cfg: TrainConfig, model_path: str) -> Actors:
     vllm = dict(tensor_parallel_size=run.gpus_per_actor, gpu_memory_utilization=run.gpu_memory_utilization,
                 max_model_len=run.max_model_len, colocate=run.colocate)
     generators = [
-        ray.remote(GenerationActor).options(name=f"distrl-generator-{i}", **opts(1 + i)).remote(
+        # Ray restarts a dead generator; the driver then reloads its weights and calls again
+        # (max_task_retries=0: a call must never rerun on an actor that holds no weights).
+        ray.remote(GenerationActor).options(name=f"distrl-generator-{i}", max_restarts=run.max_actor_restarts,
+                                            max_task_retries=0, **opts(1 + i)).remote(
             model_path, cfg.model, backend=run.backend, seed=run.seed,
             torch_threads=run.torch_threads or 1, vllm_options=vllm)
         for i in range(run.number_of_actors)]

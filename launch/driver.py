@@ -19,12 +19,15 @@ import ray
 import torch
 from tqdm import tqdm
 
+from distrl import checkpoint
 from distrl.algorithms import compute_advantages, get_learner, topk_indices
-from distrl.config import ConfigError, TrainConfig
+from distrl.checkpoint import Checkpoint, CheckpointError
+from distrl.config import ConfigError, RunStopped, TrainConfig
 from distrl.data import PromptSampler, load_splits
 from distrl.data.prompts import encode_prompt
-from distrl.generation import Rollout, SamplingParams, resolve_backend
-from distrl.models import check_quantizable, check_unsloth, load_tokenizer, resolve_model
+from distrl.generation import Rollout, SamplingParams, WeightsMissing, resolve_backend
+from distrl.models import (check_quantizable, check_unsloth, load_tokenizer, resolve_model,
+                           tokenizer_fingerprint)
 from distrl.plot import draw as draw_plots
 from distrl.rewards import load_reward
 from distrl.rewards.pool import RewardPool, RewardStats
@@ -42,6 +45,20 @@ class Setup:
     eval_rows: list[dict]
     reward_specs: list[tuple[str, float]]  # (registered name or module:function, weight)
     output_dir: str
+    resume: Checkpoint | None = None
+
+    @property
+    def checkpoint_root(self) -> str:
+        return os.path.abspath(os.path.join(self.output_dir, "checkpoints"))
+
+
+class ActorLost(RuntimeError):
+    """An actor died (or Ray could not restart it): the run cannot go on with these actors."""
+
+    def __init__(self, name: str, cause: Any) -> None:
+        self.name = name
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        super().__init__(f"{name} died ({first if isinstance(cause, str) else f'{type(cause).__name__}: {first}'})")
 
 
 @dataclasses.dataclass
@@ -54,6 +71,8 @@ class Batch:
     sampling: SamplingParams
     learner_share: int
     refs: dict[int, Any] = dataclasses.field(default_factory=dict)  # worker (0 = learner) -> ref
+    calls: dict[int, tuple] = dataclasses.field(default_factory=dict)  # worker -> generate() args
+    data_position: tuple[int, int] = (0, 0)  # the sampler's (epoch, position) after this batch
     launched: float = dataclasses.field(default_factory=time.perf_counter)
 
 
@@ -94,18 +113,95 @@ def preflight(cfg: TrainConfig) -> Setup:
     model_path = resolve_model(cfg.model.model)
     check_quantizable(model_path, cfg.model)
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
-    run_name = cfg.run.run_name or time.strftime("run-%Y%m%d-%H%M%S")
-    return Setup(model_path, tokenizer, train_rows, eval_rows, reward_specs,
-                 os.path.join(cfg.run.output_dir, run_name))
+    if cfg.data.long_prompts == "error":
+        check_prompt_lengths(tokenizer, train_rows, cfg)
+    resume = find_resume(cfg)
+    if resume is not None and not cfg.run.run_name:
+        output_dir = resume.run_dir  # a resumed run goes on writing where it started
+    else:
+        output_dir = os.path.join(cfg.run.output_dir, cfg.run.run_name or time.strftime("run-%Y%m%d-%H%M%S"))
+    return Setup(model_path, tokenizer, train_rows, eval_rows, reward_specs, output_dir, resume)
+
+
+# What the learner's saved state depends on: a checkpoint only loads into the same shapes.
+RESUME_MUST_MATCH = (("model", "model"), ("model", "lora_rank"), ("model", "lora_target_modules"),
+                     ("model", "load_in_4bit"), ("algo", "optimizer"))
+
+
+def find_resume(cfg: TrainConfig) -> Checkpoint | None:
+    """The checkpoint `--resume` names, checked (safe files, same model shapes, steps left)."""
+    if not cfg.run.resume:
+        return None
+    try:
+        found = checkpoint.resolve(cfg.run.resume, cfg.run.output_dir, cfg.run.run_name)
+        if found is None:
+            print(f"resume auto: no checkpoint under {cfg.run.output_dir}; starting from step 0", flush=True)
+            return None
+        checkpoint.check_safe(found.path)
+    except CheckpointError as e:
+        raise ConfigError(str(e)) from e
+    saved, now = found.trainer_state()["config"], cfg.to_dict()
+    for part, name in RESUME_MUST_MATCH:
+        if saved[part][name] != now[part][name]:
+            raise ConfigError(f"checkpoint {found.path} was written with --{name} {saved[part][name]!r}, "
+                              f"this run has {now[part][name]!r}: its state only loads into the same "
+                              f"setting (use --{name} {saved[part][name]!r} or start a new run)")
+    if found.step >= cfg.run.max_steps:
+        raise ConfigError(f"checkpoint {found.path} is at step {found.step} and --max_steps is "
+                          f"{cfg.run.max_steps}: nothing left to train; raise --max_steps")
+    return found
+
+
+def check_prompt_lengths(tokenizer: Any, rows: list[dict], cfg: TrainConfig) -> None:
+    """--long_prompts error: every training prompt is tokenized now, before any actor starts."""
+    limit = cfg.data.max_prompt_tokens
+    long = [i for i, row in enumerate(rows)
+            if len(encode_prompt(tokenizer, row["prompt"], cfg.data.system_prompt)) > limit]
+    if long:
+        raise ConfigError(f"{len(long)} training prompts are longer than --max_prompt_tokens {limit} "
+                          f"(rows {', '.join(map(str, long[:5]))}{', ...' if len(long) > 5 else ''}): "
+                          "raise the limit, shorten them, or --long_prompts drop")
+
+
+def check_tokenizers(tokenizer: Any, info: dict[str, dict]) -> None:
+    """Every actor must see the token ids the driver sees: same vocabulary, special tokens and
+    chat template, and the same EOS ids on every actor that generates."""
+    expected = tokenizer_fingerprint(tokenizer)
+    for name, said in info.items():
+        if "tokenizer" in said and said["tokenizer"] != expected:
+            raise ConfigError(f"{name} loaded a different tokenizer (vocabulary, special tokens or chat "
+                              "template) than the driver: every actor must load the same model folder")
+    eos = {name: said["eos_ids"] for name, said in info.items() if said.get("eos_ids") is not None}
+    if len({tuple(ids) for ids in eos.values()}) > 1:
+        raise ConfigError(f"actors stop generation at different EOS ids ({eos}): every actor must load "
+                          "the same model folder and generation config")
 
 
 def wait(refs: Sequence[Any], names: Sequence[str], timeout_s: float, what: str) -> list[Any]:
     """ray.get with a deadline; a miss names the actors that did not answer."""
+    settle(refs, names, timeout_s, what)
+    out = []
+    for ref, name in zip(refs, names):
+        try:
+            out.append(ray.get(ref))
+        except ray.exceptions.RayActorError as e:
+            raise ActorLost(name, e) from e
+    return out
+
+
+def settle(refs: Sequence[Any], names: Sequence[str], timeout_s: float, what: str) -> None:
+    """Wait until every call has ended (answered or failed); a miss names the late actors."""
     ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
     if pending:
         late = sorted({names[i] for i, r in enumerate(refs) if r in pending})
         raise TimeoutError(f"{what}: no answer within {timeout_s:g}s from {', '.join(late)}")
-    return ray.get(list(refs))
+
+
+def generator_lost(error: Exception) -> bool:
+    """A generator call failed because the actor died, or because Ray restarted it and it holds
+    no weights yet: both are healed by reloading the weights and calling again."""
+    return isinstance(error, ray.exceptions.RayActorError) or isinstance(
+        getattr(error, "cause", None), WeightsMissing)
 
 
 class Trainer:
@@ -119,6 +215,11 @@ class Trainer:
         self.policy_version = 0  # the learner's
         self.gen_version = 0  # the generators' (after the loads already submitted)
         self.weights_ref = None  # the learner's newest published weights
+        self.gen_weights_ref = None  # the weights the generators hold (or are loading)
+        self.generator_restarts = self.bad_steps = 0
+        self._too_long: set[int] = set()  # training rows over --max_prompt_tokens
+        self.evals: dict[int, float] = {}
+        self.start_step = 0
         self._loading: tuple[list[Any], int] | None = None
         self._pending: dict[int, Batch] = {}  # launched, not yet trained on
         self._last_version: dict[int, int] = {}  # worker -> newest policy version it sampled with
@@ -159,17 +260,31 @@ class Trainer:
         rest = batch.prompts[share:]
         gens = len(workers) - 1
         chunks = [batch.prompts[:share]] + [rest[i::gens] for i in range(gens)]
-        for w, ((actor, _), chunk) in enumerate(zip(workers, chunks)):
+        for w, chunk in enumerate(chunks):
             if chunk and (who == "all" or (who == "learner") == (w == 0)):
-                seeded = dataclasses.replace(batch.sampling, seed=batch.sampling.seed * 1009 + w)
-                batch.refs[w] = actor.generate.remote(chunk, seeded)
+                batch.calls[w] = (chunk, dataclasses.replace(batch.sampling, seed=batch.sampling.seed * 1009 + w))
+                batch.refs[w] = workers[w][0].generate.remote(*batch.calls[w])
 
     def _gather(self, batch: Batch) -> tuple[list[list[Rollout]], list[int]]:
         """Wait for every chunk of `batch`; groups in prompt order, and who generated each."""
         workers = self._workers()
-        owners = sorted(batch.refs)
-        results = dict(zip(owners, wait([batch.refs[w] for w in owners], [workers[w][1] for w in owners],
-                                        self.cfg.run.timeout_s, "generation")))
+        results: dict[int, list[list[Rollout]]] = {}
+        while len(results) < len(batch.refs):
+            owners = [w for w in sorted(batch.refs) if w not in results]
+            settle([batch.refs[w] for w in owners], [workers[w][1] for w in owners], self.cfg.run.timeout_s,
+                   "generation")
+            for w in owners:
+                try:
+                    results[w] = ray.get(batch.refs[w])
+                except Exception as e:
+                    if w == 0 or not generator_lost(e):
+                        if isinstance(e, ray.exceptions.RayActorError):
+                            raise ActorLost(workers[w][1], e) from e
+                        raise
+                    # Same prompts, same seed, the weights the batch expects: the step stays whole
+                    # (and, on CPU, the rollouts are the ones the dead actor would have returned).
+                    self._revive(w, e)
+                    batch.refs[w] = workers[w][0].generate.remote(*batch.calls[w])
         # Undo the round-robin split so groups line up with the prompts.
         groups: list[list[Rollout]] = list(results.get(0, []))
         made_by = [0] * len(groups)
@@ -197,7 +312,7 @@ class Trainer:
             # fetch the object themselves (the hf backend resolves it in the actor).
             refs = [g.load_weights.remote([weights_ref]) for g in self.actors.generators]
             self._loading = (refs, version)
-        self.gen_version = version
+        self.gen_version, self.gen_weights_ref = version, weights_ref
         if block:
             self._finish_sync()
         return time.perf_counter() - start
@@ -207,10 +322,44 @@ class Trainer:
             return
         (refs, version), self._loading = self._loading, None
         names = [f"distrl-generator-{i}" for i in range(len(refs))]
-        loaded = wait(refs, names, self.cfg.run.sync_timeout_s, f"weight sync to version {version}")
+        settle(refs, names, self.cfg.run.sync_timeout_s, f"weight sync to version {version}")
+        loaded = []
+        for i, ref in enumerate(refs):
+            try:
+                loaded.append(ray.get(ref))
+            except ray.exceptions.RayActorError as e:
+                loaded.append(self._revive(1 + i, e))
         wrong = [n for n, v in zip(names, loaded) if v != version]
         if wrong:
             raise RuntimeError(f"weight sync: {', '.join(wrong)} did not load version {version}")
+
+    def _revive(self, w: int, error: Exception) -> int:
+        """Wait for Ray to restart generator `w` (at most --max_actor_restarts times) and load it
+        with the weights the generators hold, before it generates again; returns that version."""
+        actor, name = self._workers()[w]
+        print(f"warning: {ActorLost(name, error)}; waiting for Ray to restart it", file=sys.stderr, flush=True)
+        deadline = time.monotonic() + self.cfg.run.timeout_s
+        while True:  # "unavailable" while Ray restarts it; "died" once restarts are used up
+            try:
+                info = ray.get(actor.ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                break
+            except ray.exceptions.ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"restarting {name}: not back within {self.cfg.run.timeout_s:g}s") from None
+                time.sleep(0.5)
+            except ray.exceptions.GetTimeoutError:
+                raise TimeoutError(f"restarting {name}: not back within {self.cfg.run.timeout_s:g}s") from None
+            except ray.exceptions.RayActorError as e:
+                raise ActorLost(name, f"Ray could not restart it (--max_actor_restarts "
+                                      f"{self.cfg.run.max_actor_restarts})") from e
+        check_tokenizers(self.tokenizer, {name: info})
+        version = wait([actor.load_weights.remote([self.gen_weights_ref])], [name], self.cfg.run.sync_timeout_s,
+                       f"reloading policy version {self.gen_version} into restarted {name}")[0]
+        if version != self.gen_version:
+            raise RuntimeError(f"restarted {name} loaded version {version}, expected {self.gen_version}")
+        self.generator_restarts += 1
+        print(f"{name} is back (pid {info['pid']}) with policy version {version}", file=sys.stderr, flush=True)
+        return version
 
     def _score(self, pool: RewardPool, prompts: list[str], completions: list[str],
                columns: dict[str, list]) -> tuple[list[float], RewardStats]:
@@ -255,14 +404,69 @@ class Trainer:
                   "timeouts as --reward_default", file=sys.stderr, flush=True)
         return sum(1.0 for c in correct if c > 0.5) / len(correct)
 
+    # -- checkpoints ------------------------------------------------------------------
+    def save(self, step: int) -> float:
+        """Checkpoint after `step`: the learner writes its weights, optimizer and RNG state into
+        a temporary folder, the driver adds its own state, then the folder is committed. A step
+        whose update was skipped is not saved. Returns the seconds it took."""
+        start = time.perf_counter()
+        if self.bad_steps:
+            print(f"warning: step {step} not checkpointed: its update was skipped", file=sys.stderr, flush=True)
+            return 0.0
+        root = self.setup.checkpoint_root
+        folder = checkpoint.begin(root, step)
+        wait([self.actors.learner.save_checkpoint.remote(folder)], ["distrl-learner"], self.cfg.run.timeout_s,
+             f"checkpoint of step {step}")
+        # Generators hold no state of their own: each generate call seeds its sampler from
+        # (--seed, step, worker), so the data position is all the sampling state there is.
+        state = {"step": step, "policy_version": self.policy_version, "data_position": list(self.data_position),
+                 "evals": {str(k): v for k, v in self.evals.items()},
+                 "rollouts_generated": self.rollouts_generated, "rollouts_dropped": self.rollouts_dropped,
+                 "generator_restarts": self.generator_restarts, "config": self.cfg.to_dict(),
+                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        with open(os.path.join(folder, checkpoint.TRAINER_STATE), "w") as f:
+            json.dump(state, f, indent=2)
+        saved = checkpoint.commit(root, step, self.cfg.run.keep_checkpoints)
+        print(f"checkpoint: {saved.path}", flush=True)
+        return time.perf_counter() - start
+
+    def _restore(self, found: Checkpoint) -> None:
+        """Load `found` into the learner and the driver; logs of later steps are dropped."""
+        state = found.trainer_state()
+        version = wait([self.actors.learner.load_checkpoint.remote(found.path)], ["distrl-learner"],
+                       self.cfg.run.timeout_s, f"loading checkpoint {found.path}")[0]
+        if version != state["policy_version"]:
+            raise RuntimeError(f"checkpoint {found.path}: learner restored version {version}, the "
+                               f"driver's state says {state['policy_version']}")
+        self.policy_version = self.gen_version = version
+        self._last_version = {}
+        self.start_step = int(state["step"])
+        self.sampler.restore(*state["data_position"])
+        self.data_position = tuple(state["data_position"])
+        self.evals = {int(k): v for k, v in state["evals"].items()}
+        self.rollouts_generated, self.rollouts_dropped = state["rollouts_generated"], state["rollouts_dropped"]
+        self.generator_restarts = state.get("generator_restarts", 0)
+        self.log.keep_through(self.start_step)
+        self.samples.keep_through(self.start_step)
+        print(f"resumed from {found.path}: step {self.start_step}, policy version {version}", flush=True)
+
     # -- the loop ---------------------------------------------------------------------
     def _new_batch(self, step: int) -> Batch:
-        cfg = self.cfg
-        indices = self.sampler.next_batch(cfg.run.batch_size)
+        cfg, indices = self.cfg, []
+        while len(indices) < cfg.run.batch_size:  # over-long prompts are skipped, counted once
+            (i,) = self.sampler.next_batch(1)
+            if len(self._prompt_ids(i)) <= cfg.data.max_prompt_tokens:
+                indices.append(i)
+            elif i not in self._too_long:
+                self._too_long.add(i)
+                if len(self._too_long) == len(self.setup.train_rows):
+                    raise ConfigError(f"every training prompt is longer than --max_prompt_tokens "
+                                      f"{cfg.data.max_prompt_tokens}: raise it")
         sampling = SamplingParams(n=cfg.run.num_candidates, max_new_tokens=cfg.sampling.max_new_tokens,
                                   temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
                                   seed=cfg.run.seed * 100_003 + step)
-        return Batch(step, indices, [self._prompt_ids(i) for i in indices], sampling, cfg.run.learner_chunk_size)
+        return Batch(step, indices, [self._prompt_ids(i) for i in indices], sampling, cfg.run.learner_chunk_size,
+                     data_position=(self.sampler.epoch, self.sampler.position))
 
     def _launch_ahead(self, step: int) -> None:
         """Generators run `pipeline_depth` batches ahead of the learner (0: in lockstep with it),
@@ -302,6 +506,7 @@ class Trainer:
         cfg, t0 = self.cfg, time.perf_counter()
         self._launch_ahead(step)
         batch = self._pending.pop(step)
+        self.data_position = batch.data_position
         groups, made_by = self._gather(batch)
         t_gen = time.perf_counter()
         self.rollouts_generated += sum(len(g) for g in groups)
@@ -334,6 +539,17 @@ class Trainer:
         train = wait([metrics_ref], ["distrl-learner"], cfg.run.timeout_s, "learner step")[0]
         t_train = time.perf_counter()
         self.policy_version, self.weights_ref = int(train["policy_version"]), weights_ref
+        self.bad_steps = self.bad_steps + 1 if train["skipped_update"] else 0
+        if self.bad_steps:
+            print(f"warning: step {step}: update skipped (non-finite loss or gradient norm "
+                  f"{train['grad_norm']}); weights stay at policy version {self.policy_version}",
+                  file=sys.stderr, flush=True)
+        if self.bad_steps >= cfg.run.max_bad_steps:
+            last = checkpoint.latest(self.setup.checkpoint_root)
+            raise RunStopped(f"{self.bad_steps} updates in a row were skipped for a non-finite loss or "
+                             f"gradient norm (--max_bad_steps {cfg.run.max_bad_steps}); the weights stay at "
+                             f"policy version {self.policy_version}; "
+                             + (f"last checkpoint: {last.path}" if last else "no checkpoint was written"))
         sync_s = 0.0
         if self.policy_version != self.gen_version and self.policy_version % cfg.run.weight_sync_every == 0:
             sync_s = self._sync(weights_ref, self.policy_version, block=cfg.run.pipeline_depth == 0)
@@ -357,7 +573,8 @@ class Trainer:
             "tokens_per_s": completion_tokens / max(t_gen - batch.launched, 1e-9),
             "staleness_mean": sum(staleness) / len(staleness), "staleness_max": max(staleness),
             "rollouts": len(all_rollouts), "rollouts_dropped": self.rollouts_dropped - dropped_before,
-            "generator_version": self.gen_version,
+            "generator_version": self.gen_version, "generator_restarts": self.generator_restarts,
+            "prompts_dropped": len(self._too_long),
         }
         if "importance_weight" in train:
             metrics["importance_weight"] = train["importance_weight"]
@@ -373,22 +590,30 @@ class Trainer:
         if self.actors.info:  # which node and process each actor landed on
             with open(os.path.join(self.setup.output_dir, "actors.json"), "w") as f:
                 json.dump(self.actors.info, f, indent=2)
-        # Version 0 goes out too: generators never sample from weights the learner does not hold.
+        if self.setup.resume is not None:
+            self._restore(self.setup.resume)
+        # Version 0 (or the restored one) goes out too: generators never sample from weights the
+        # learner does not hold.
         self.weights_ref = self.actors.learner.publish.remote()
-        self._sync(self.weights_ref, 0)
-        evals = {0: self.evaluate()}
-        self.log.write({"step": 0, "policy_version": 0, "eval_accuracy": evals[0]})
-        self.dashboard.record({"step": 0, "policy_version": 0, "eval_accuracy": evals[0]})
-        self.extra.record({"step": 0, "eval_accuracy": evals[0]})
-        print(f"step 0/{cfg.run.max_steps} | eval_accuracy {evals[0]:.3f}", flush=True)
+        self._sync(self.weights_ref, self.policy_version)
+        evals = self.evals
+        if self.setup.resume is None:
+            evals[0] = self.evaluate()
+            self.log.write({"step": 0, "policy_version": 0, "eval_accuracy": evals[0]})
+            self.dashboard.record({"step": 0, "policy_version": 0, "eval_accuracy": evals[0]})
+            self.extra.record({"step": 0, "eval_accuracy": evals[0]})
+            print(f"step 0/{cfg.run.max_steps} | eval_accuracy {evals[0]:.3f}", flush=True)
         history = []
         # A bar with ETA on a terminal; in job logs (not a terminal) only the plain step lines.
         bar = tqdm(total=cfg.run.max_steps, desc="steps", unit="step", disable=not sys.stdout.isatty(),
                    leave=False)
-        for step in range(1, cfg.run.max_steps + 1):
+        bar.update(self.start_step)
+        for step in range(self.start_step + 1, cfg.run.max_steps + 1):
             metrics = self.step(step)
             if step == cfg.run.max_steps or (cfg.run.eval_every and step % cfg.run.eval_every == 0):
                 evals[step] = metrics["eval_accuracy"] = self.evaluate()
+            if step == cfg.run.max_steps or (cfg.run.save_every and step % cfg.run.save_every == 0):
+                metrics["save_s"] = self.save(step)
             self.log.write(metrics)
             self.dashboard.record(metrics)
             self.extra.record(metrics)
@@ -404,7 +629,7 @@ class Trainer:
         final_dir = os.path.join(self.setup.output_dir, "final")
         wait([self.actors.learner.save.remote(os.path.abspath(final_dir))], ["distrl-learner"],
              cfg.run.timeout_s, "saving the final model")
-        summary = {"steps": len(history), "eval_accuracy_start": evals[0],
+        summary = {"steps": len(history), "eval_accuracy_start": evals.get(0, float("nan")),
                    "eval_accuracy_end": evals[max(evals)], "output_dir": self.setup.output_dir,
                    "final_model": final_dir, "plots": os.path.join(self.setup.output_dir, "plots")}
         if history:
@@ -416,26 +641,48 @@ class Trainer:
 
 
 def run(cfg: TrainConfig) -> dict:
-    """Train as configured; returns the summary it also prints. ConfigError on bad input."""
+    """Train as configured; returns the summary it also prints. ConfigError on bad input;
+    RunStopped when an actor is lost for good (naming it and the checkpoint to resume from)."""
     setup = preflight(cfg)
     connect(cfg)
-    actors = None
+    resumes = 0
     try:
         check_resources(cfg, ray.available_resources())
-        actors = create_actors(cfg, setup.model_path)
-        trainer = Trainer(cfg, setup, actors)
-        try:
-            summary = trainer.train()
-        finally:
-            trainer.close()
+        while True:
+            actors = None
+            try:
+                actors = create_actors(cfg, setup.model_path)
+                check_tokenizers(setup.tokenizer, actors.info)
+                trainer = Trainer(cfg, setup, actors)
+                try:
+                    summary = trainer.train()
+                finally:
+                    trainer.close()
+                break
+            except ActorLost as e:
+                last = checkpoint.latest(setup.checkpoint_root)
+                if cfg.run.auto_resume and last is not None and resumes < cfg.run.max_auto_resumes:
+                    resumes += 1
+                    print(f"warning: {e}; --auto_resume: restarting every actor from {last.path} "
+                          f"({resumes}/{cfg.run.max_auto_resumes})", file=sys.stderr, flush=True)
+                    setup = dataclasses.replace(setup, resume=last)
+                    continue
+                how = (f"resume with --resume {last.path}" if last is not None else
+                       "no checkpoint was written yet (see --save_every): start again")
+                raise RunStopped(f"{e}; {how}") from e
+            finally:
+                if actors is not None:
+                    stop_actors(actors)
         for line in summary_lines(summary):
             print(line, flush=True)
         return summary
     finally:
-        if actors is not None:
-            for handle in [actors.learner, *actors.generators, actors.reference]:
-                if handle is not None:
-                    ray.kill(handle)
-            if actors.placement_group is not None:
-                ray.util.remove_placement_group(actors.placement_group)
         ray.shutdown()
+
+
+def stop_actors(actors: Actors) -> None:
+    for handle in [actors.learner, *actors.generators, actors.reference]:
+        if handle is not None:
+            ray.kill(handle, no_restart=True)
+    if actors.placement_group is not None:
+        ray.util.remove_placement_group(actors.placement_group)

@@ -18,6 +18,16 @@ class MetricsLog:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def keep_through(self, step: int) -> None:
+        """Drop the records of steps after `step` (a resumed run redoes them)."""
+        if not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+        with open(self.path + ".tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(self.path + ".tmp", self.path)
+
 
 # metrics.jsonl keys exported as dashboard gauges, named distrl_<key>.
 DASHBOARD_KEYS = ("step", "policy_version", "reward_mean", "accuracy", "eval_accuracy", "loss", "kl",

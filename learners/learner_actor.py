@@ -17,11 +17,12 @@ import torch
 
 from distrl.algorithms import get_learner, policy_loss
 from distrl.batch import Collated, collate, completion_logprobs, plan_microbatches
+from distrl.checkpoint import check_safe, load_state, save_state
 from distrl.config import AlgoConfig, ModelConfig
 from distrl.generation import Rollout, SamplingParams
 from distrl.generation.hf import HFBackend
-from distrl.models import (load_policy, load_tokenizer, load_unsloth_policy, pick_device, where,
-                           trainable_parameters)
+from distrl.models import (load_policy, load_tokenizer, load_unsloth_policy, pick_device,
+                           tokenizer_fingerprint, trainable_parameters, where)
 from distrl.optim import clip_and_step, make_optimizer
 from distrl.weights import PackedWeights, WeightPacker
 
@@ -56,7 +57,8 @@ class LearnerActor:
 
     def ready(self) -> dict:
         return {**where(), "device": str(self.device), "threads": torch.get_num_threads(),
-                "trainable_params": sum(p.numel() for p in self.params.values())}
+                "trainable_params": sum(p.numel() for p in self.params.values()),
+                "tokenizer": tokenizer_fingerprint(self.tokenizer), "eos_ids": self.backend.eos_ids}
 
     def publish(self) -> PackedWeights:
         """The current version's trainable weights, packed (LoRA tensors only with LoRA)."""
@@ -83,7 +85,11 @@ class LearnerActor:
                                        num_tokens, len(rollouts))
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + v
-        grad_norm = clip_and_step(self.optimizer, list(self.params.values()), self.algo.max_grad_norm)
+        if math.isfinite(totals.get("loss", 0.0)):
+            grad_norm = clip_and_step(self.optimizer, list(self.params.values()), self.algo.max_grad_norm)
+        else:  # a non-finite loss (NaN weights, overflow) must never reach the weights
+            self.optimizer.zero_grad()
+            grad_norm = float("nan")
         skipped = not math.isfinite(grad_norm)  # then the weights did not change
         if not skipped:
             self.policy_version += 1
@@ -132,6 +138,47 @@ class LearnerActor:
         for i, lp in enumerate(ref_logprobs):
             ref[i, : len(lp)] = torch.tensor(lp)
         return ref.to(self.device)
+
+    # -- checkpoints ------------------------------------------------------------------
+    def save_checkpoint(self, folder: str) -> int:
+        """Write trainable weights, optimizer state, policy version and RNG state into `folder`
+        (safetensors + JSON only). Non-finite weights are refused: a bad update is never saved."""
+        from safetensors.torch import save_file
+
+        bad = [name for name, p in self.params.items() if not torch.isfinite(p.detach()).all()]
+        if bad:
+            raise ValueError(f"non-finite values in {bad[0]} (and {len(bad) - 1} more tensors) at "
+                             f"policy version {self.policy_version}: not checkpointed")
+        save_file({n: p.detach().cpu().contiguous() for n, p in self.params.items()},
+                  os.path.join(folder, "policy.safetensors"))
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        save_state(folder, "optimizer", self.optimizer.state_dict())
+        save_state(folder, "learner", {"policy_version": self.policy_version, "rng": rng})
+        return self.policy_version
+
+    def load_checkpoint(self, folder: str) -> int:
+        """Restore what `save_checkpoint` wrote; returns the restored policy version."""
+        from safetensors.torch import load_file
+
+        check_safe(folder)
+        saved = load_file(os.path.join(folder, "policy.safetensors"))
+        if set(saved) != set(self.params):
+            missing, extra = set(self.params) - set(saved), set(saved) - set(self.params)
+            raise ValueError(f"checkpoint {folder} does not match this model's trainable tensors "
+                             f"(missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]}): same "
+                             "--model/--lora_rank/--lora_target_modules as the run that wrote it?")
+        with torch.no_grad():
+            for name, p in self.params.items():
+                p.copy_(saved[name])
+        self.optimizer.load_state_dict(load_state(folder, "optimizer"))
+        state = load_state(folder, "learner")
+        torch.set_rng_state(state["rng"]["cpu"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.policy_version = int(state["policy_version"])
+        return self.policy_version
 
     def save(self, path: str) -> str:
         """Write the current policy: a full model folder, or an adapter folder with LoRA."""

@@ -13,7 +13,7 @@ import torch
 from distrl.batch import collate, completion_logprobs
 from distrl.config import ModelConfig
 from distrl.generation import Rollout
-from distrl.models import load_policy, load_tokenizer, pick_device, where
+from distrl.models import load_policy, load_tokenizer, pick_device, tokenizer_fingerprint, where
 
 
 class ReferenceActor:
@@ -22,13 +22,14 @@ class ReferenceActor:
         torch.set_num_threads(max(1, torch_threads))
         self.device = pick_device()
         self.temperature, self.micro_batch_size = temperature, micro_batch_size
-        self.pad_id = load_tokenizer(model_path, model_cfg.trust_remote_code).pad_token_id
+        tokenizer = load_tokenizer(model_path, model_cfg.trust_remote_code)
+        self.pad_id, self.fingerprint = tokenizer.pad_token_id, tokenizer_fingerprint(tokenizer)
         self.model = load_policy(model_path, dataclasses.replace(model_cfg, lora_rank=0), self.device)
         self.model.requires_grad_(False)
         self.model.eval()
 
     def ready(self) -> dict:
-        return {**where(), "device": str(self.device)}
+        return {**where(), "device": str(self.device), "tokenizer": self.fingerprint}
 
     @torch.no_grad()
     def logprobs(self, rollouts: list[Rollout]) -> list[list[float]]:

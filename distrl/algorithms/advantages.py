@@ -38,6 +38,8 @@ def group_zscore(rewards: torch.Tensor, std_floor: float = 1e-4) -> torch.Tensor
 
 def compute_advantages(name: str, rewards: torch.Tensor, std_floor: float = 1e-4) -> torch.Tensor:
     """Advantages `(P, G)` from rewards `(P, G)` with the estimator registered as `name`."""
+    if not torch.isfinite(rewards).all():  # one inf would turn a whole group's advantages to NaN
+        raise ValueError(f"rewards must be finite, got {rewards[~torch.isfinite(rewards)][0].item()}")
     return lookup(ADVANTAGES, "advantage estimator", name)(rewards.float(), std_floor=std_floor)
 
 

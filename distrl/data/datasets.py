@@ -40,13 +40,21 @@ def load_rows(spec: str, prompt_field: str, answer_field: str) -> list[dict[str,
         raise ConfigError(f"dataset '{spec}' has no field {', '.join(repr(m) for m in missing)}; "
                           f"its fields are {', '.join(table.column_names)}: set --prompt_field/"
                           "--answer_field")
-    rows = []
-    for row in table:
+    rows, bad = [], {prompt_field: [], answer_field: []}
+    for i, row in enumerate(table):
         row = dict(row)
+        for name in (prompt_field, answer_field):
+            if row[name] is None or not str(row[name]).strip():
+                bad[name].append(i)
         row["prompt"], row["answer"] = row.pop(prompt_field), row.pop(answer_field)
         rows.append(row)
     if not rows:
         raise ConfigError(f"dataset '{spec}' has no rows")
+    problems = [f"'{name}' missing or empty in {len(idx)} rows (row {', '.join(map(str, idx[:5]))}"
+                f"{', ...' if len(idx) > 5 else ''})" for name, idx in bad.items() if idx]
+    if problems:
+        raise ConfigError(f"dataset '{spec}': {'; '.join(problems)} (rows count from 0): fix or "
+                          "remove those rows")
     return rows
 
 
@@ -84,6 +92,11 @@ class PromptSampler:
         order = list(range(self.num_rows))
         random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
         return order
+
+    def restore(self, epoch: int, position: int) -> None:
+        """Continue from a saved (epoch, position): the same rows follow as in the first run."""
+        self.epoch, self.position = epoch, position
+        self._order = self._shuffled(epoch)
 
     def next_batch(self, k: int) -> list[int]:
         out = []

@@ -4,6 +4,6 @@
 `hf` (transformers) runs on CPU and GPU. vLLM is imported lazily and only where selected.
 """
 
-from distrl.generation.base import Rollout, SamplingParams, resolve_backend
+from distrl.generation.base import Rollout, SamplingParams, WeightsMissing, resolve_backend
 
-__all__ = ["Rollout", "SamplingParams", "resolve_backend"]
+__all__ = ["Rollout", "SamplingParams", "WeightsMissing", "resolve_backend"]

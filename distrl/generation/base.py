@@ -27,6 +27,10 @@ class Rollout:
     policy_version: int
 
 
+class WeightsMissing(RuntimeError):
+    """A generator was asked to sample before it holds a policy version (e.g. Ray restarted it)."""
+
+
 def vllm_missing() -> str:
     """Why the vLLM backend cannot run in this process ("" when it can)."""
     import importlib.util

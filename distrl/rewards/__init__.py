@@ -48,7 +48,11 @@ def score(fn: RewardFn, prompts: Sequence[str], completions: Sequence[str],
     if rewards is None or len(rewards) != len(completions):
         got = "None" if rewards is None else f"{len(rewards)} values"
         raise ValueError(f"reward {name} returned {got} for {len(completions)} completions")
-    out = [float(r) for r in rewards]
+    try:
+        out = [float(r) for r in rewards]
+    except (TypeError, ValueError):
+        odd = next(r for r in rewards if not isinstance(r, (int, float)))
+        raise ValueError(f"reward {name} returned {odd!r}, not a number") from None
     bad = [r for r in out if not math.isfinite(r)]
     if bad:
         raise ValueError(f"reward {name} returned a non-finite value ({bad[0]})")

@@ -1,0 +1,53 @@
+"""Exact resume: a run SIGKILLed after step 3 and resumed to step 6 ends where an uninterrupted
+run ends, having seen the same prompts in the same order, across an epoch boundary."""
+
+import json
+
+from safetensors.torch import load_file
+
+from tests.faults.runs import Run, metrics, run_args, write_rows
+
+
+def _prompts_per_step(run_dir):
+    with open(run_dir / "samples.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    by_step = {}
+    for r in rows:
+        by_step.setdefault(r["step"], []).append(r["prompt"])
+    return by_step
+
+
+def test_killed_and_resumed_run_equals_the_uninterrupted_one(tiny_model_dir, tmp_path):
+    # 12 rows, 4 prompts a step: step 3 ends the first epoch exactly, and so does the checkpoint.
+    train = write_rows(tmp_path / "train.jsonl", [f"Say {i} ones" for i in range(12)])
+    held_out = write_rows(tmp_path / "eval.jsonl", [f"Eval {i}" for i in range(4)])
+    common = ["--dataset", train, "--eval_dataset", held_out, "--max_steps", "6", "--save_every", "3",
+              "--seed", "3"]
+
+    code, out, err = Run(run_args(tiny_model_dir, tmp_path, "straight", *common)).finish()
+    assert code == 0, err[-3000:]
+
+    broken = Run(run_args(tiny_model_dir, tmp_path, "broken", *common), gate=tmp_path / "gate", gate_step=4)
+    broken.wait_at_gate()  # checkpoint 3 is written; step 4 has generated
+    broken.kill()  # SIGKILL, driver and cluster
+    ckpt = tmp_path / "broken" / "checkpoints" / "step-000003"
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["step"] == 3 and state["data_position"] == [0, 12]  # exactly at the epoch boundary
+
+    code, out, err = Run(run_args(tiny_model_dir, tmp_path, "broken", *common, "--resume", "auto")).finish()
+    assert code == 0, err[-3000:]
+    assert [m["step"] for m in metrics(tmp_path / "broken")[1:]] == [1, 2, 3, 4, 5, 6]
+
+    a = load_file(tmp_path / "straight" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "broken" / "final" / "model.safetensors")
+    start = load_file(f"{tiny_model_dir}/model.safetensors")
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    moved = max((a[k] - start[k]).abs().max().item() for k in a)
+    print(f"resume exactness: max |param difference| = {diff:.3g} (training moved params by {moved:.3g})")
+    assert diff <= 1e-6 and moved > 1e-3
+
+    straight, resumed = _prompts_per_step(tmp_path / "straight"), _prompts_per_step(tmp_path / "broken")
+    assert straight == resumed  # same prompts, same order, every step
+    first_epoch = sorted(p for s in (1, 2, 3) for p in straight[s])
+    assert first_epoch == sorted(sorted(p for s in (4, 5, 6) for p in straight[s]))  # a second epoch
+    assert len(set(first_epoch)) == 12

@@ -204,6 +204,23 @@ def generator_lost(error: Exception) -> bool:
         getattr(error, "cause", None), WeightsMissing)
 
 
+def count_bad_update(in_a_row: int, skipped: bool, limit: int, step: int, version: int,
+                     checkpoint_root: str) -> int:
+    """Updates skipped in a row (non-finite loss or gradient norm) after this one; RunStopped when
+    they reach `limit` (--max_bad_steps), naming the last checkpoint."""
+    if not skipped:
+        return 0
+    in_a_row += 1
+    print(f"warning: step {step}: update skipped (non-finite loss or gradient norm); the weights stay "
+          f"at policy version {version}", file=sys.stderr, flush=True)
+    if in_a_row >= limit:
+        last = checkpoint.latest(checkpoint_root)
+        raise RunStopped(f"{in_a_row} updates in a row were skipped for a non-finite loss or gradient "
+                         f"norm (--max_bad_steps {limit}); the weights stay at policy version {version}; "
+                         + (f"last checkpoint: {last.path}" if last else "no checkpoint was written"))
+    return in_a_row
+
+
 class Trainer:
     """Holds the run's state between steps; `train()` is the loop."""
 
@@ -539,17 +556,8 @@ class Trainer:
         train = wait([metrics_ref], ["distrl-learner"], cfg.run.timeout_s, "learner step")[0]
         t_train = time.perf_counter()
         self.policy_version, self.weights_ref = int(train["policy_version"]), weights_ref
-        self.bad_steps = self.bad_steps + 1 if train["skipped_update"] else 0
-        if self.bad_steps:
-            print(f"warning: step {step}: update skipped (non-finite loss or gradient norm "
-                  f"{train['grad_norm']}); weights stay at policy version {self.policy_version}",
-                  file=sys.stderr, flush=True)
-        if self.bad_steps >= cfg.run.max_bad_steps:
-            last = checkpoint.latest(self.setup.checkpoint_root)
-            raise RunStopped(f"{self.bad_steps} updates in a row were skipped for a non-finite loss or "
-                             f"gradient norm (--max_bad_steps {cfg.run.max_bad_steps}); the weights stay at "
-                             f"policy version {self.policy_version}; "
-                             + (f"last checkpoint: {last.path}" if last else "no checkpoint was written"))
+        self.bad_steps = count_bad_update(self.bad_steps, bool(train["skipped_update"]), cfg.run.max_bad_steps,
+                                          step, self.policy_version, self.setup.checkpoint_root)
         sync_s = 0.0
         if self.policy_version != self.gen_version and self.policy_version % cfg.run.weight_sync_every == 0:
             sync_s = self._sync(weights_ref, self.policy_version, block=cfg.run.pipeline_depth == 0)

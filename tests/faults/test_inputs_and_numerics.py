@@ -116,3 +116,17 @@ def test_a_pickle_checkpoint_is_refused_before_anything_starts(tiny_model_dir, t
     assert proc.returncode == 2
     assert "holds 'optimizer.pt', which is not safetensors or JSON" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_run_stops_after_max_bad_steps_skipped_updates_in_a_row(tmp_path):
+    from distrl.config import RunStopped
+    from launch.driver import count_bad_update
+
+    root = str(tmp_path / "checkpoints")
+    in_a_row = 0
+    for skipped in (True, True, False, True, True):  # a good update resets the count
+        in_a_row = count_bad_update(in_a_row, skipped, 3, 1, 5, root)
+    assert in_a_row == 2
+    with pytest.raises(RunStopped, match=r"^3 updates in a row were skipped .* policy version 5; no "
+                                         r"checkpoint was written$"):
+        count_bad_update(in_a_row, True, 3, 6, 5, root)

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from distrl.algorithms import token_logprobs
+from distrl.algorithms.logprobs import token_entropy, token_logprobs
 from distrl.generation.base import Rollout
 
 
@@ -83,8 +83,10 @@ def _split_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Modul
 
 
 def completion_logprobs(model: torch.nn.Module, batch: Collated, temperature: float,
-                        chunk_size: int = 0) -> torch.Tensor:
+                        chunk_size: int = 0, with_entropy: bool = False) -> torch.Tensor:
     """`(B, Tc)` log-probs of the completion tokens under `model` (differentiable; 0 on padding).
+    With `with_entropy`, `(2, B, Tc)`: the log-probs and the policy's entropy at each position,
+    read off the same logits (no second forward).
 
     With `chunk_size > 0` (and a model whose logits are a plain linear head over the last hidden
     states), the head runs only on completion positions, `chunk_size` of them at a time, each
@@ -104,13 +106,17 @@ def completion_logprobs(model: torch.nn.Module, batch: Collated, temperature: fl
         logits = model(**inputs).logits
         picked = torch.gather(logits[:, :-1], 1, index.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
         logprobs = token_logprobs(picked, tokens, temperature)
+        if with_entropy:
+            logprobs = torch.stack([logprobs, token_entropy(picked, temperature)])
     else:
         body, head = split
         hidden = body(**inputs).last_hidden_state
         hidden = torch.gather(hidden, 1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
 
         def chunk_logprobs(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return token_logprobs(head(h), t, temperature)
+            logits = head(h)
+            lp = token_logprobs(logits, t, temperature)
+            return torch.stack([lp, token_entropy(logits, temperature)]) if with_entropy else lp
 
         parts = []
         for s in range(0, hidden.shape[1], chunk_size):
@@ -119,5 +125,5 @@ def completion_logprobs(model: torch.nn.Module, batch: Collated, temperature: fl
                 parts.append(checkpoint(chunk_logprobs, h, t, use_reentrant=False))
             else:
                 parts.append(chunk_logprobs(h, t))
-        logprobs = torch.cat(parts, dim=1)
+        logprobs = torch.cat(parts, dim=-1)
     return logprobs * batch.completion_mask.to(device)

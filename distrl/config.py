@@ -12,10 +12,23 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from distrl.algorithms import LEARNERS, LOSS_AGGREGATIONS
+from distrl.algorithms import ADVANTAGES, KL_ESTIMATORS, LEARNERS, LOSS_AGGREGATIONS, POLICY_LOSSES
 from distrl.optim import OPTIMIZERS
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+
+# --algo_preset NAME sets these flags' defaults (flags given explicitly still win). Sources:
+ALGO_PRESETS: dict[str, dict[str, Any]] = {
+    # DeepSeekMath (Shao et al. 2024): z-scored groups, PPO-clip 0.2, per-sequence token mean, k3 KL 0.04.
+    "grpo": dict(learner="grpo", clip_eps=0.2, loss_agg="seq_mean_token_mean", beta=0.04, kl_estimator="k3"),
+    # Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training"): no std, no length normalisation, no KL.
+    "dr_grpo": dict(learner="dr_grpo", clip_eps=0.2, loss_agg="seq_mean_token_sum_norm", beta=0.0),
+    # DAPO (Yu et al. 2025): clip-higher 0.2/0.28, token-level loss, dynamic sampling, overlong shaping, no KL.
+    "dapo": dict(learner="grpo", clip_eps_low=0.2, clip_eps_high=0.28, loss_agg="token_mean", beta=0.0,
+                 dynamic_sampling=True, overlong_buffer=8),
+    # GSPO (Zheng et al. 2025): sequence-level ratio clipped to [1 - 3e-4, 1 + 4e-4], no KL.
+    "gspo": dict(learner="gspo", clip_eps_low=3e-4, clip_eps_high=4e-4, loss_agg="seq_mean_token_mean", beta=0.0),
+}
 
 
 class ConfigError(ValueError):
@@ -116,7 +129,29 @@ class AlgoConfig:
     lr: float = _field(1e-5, "AdamW learning rate.")
     beta: float = _field(0.0, "KL coefficient to the reference model (k3 estimator); 0 = no "
                          "reference model.")
+    algo_preset: str = _field("", "Set the flags below as a paper did (explicit flags still win): grpo, "
+                              "dr_grpo, dapo, gspo; see the README's Algorithms section.",
+                              choices=list(ALGO_PRESETS))
+    advantage: str = _field("", "Advantage estimator; empty = the --learner's.", choices=sorted(ADVANTAGES))
+    policy_loss: str = _field("", "Policy loss; empty = the --learner's.", choices=sorted(POLICY_LOSSES))
     clip_eps: float = _field(0.2, "PPO clip range for the ratio against generation-time log-probs.")
+    clip_eps_low: float = _field(0.0, "Lower clip range (ratio >= 1 - this); 0 = --clip_eps.")
+    clip_eps_high: float = _field(0.0, "Upper clip range (ratio <= 1 + this; DAPO's clip-higher: "
+                                  "0.28); 0 = --clip_eps.")
+    kl_estimator: str = _field("k3", "KL estimator: k1 (log-ratio), k2 (half squared log-ratio), k3 "
+                               "(exp(-d) + d - 1, always >= 0).", choices=list(KL_ESTIMATORS))
+    kl_in_reward: bool = _field(False, "Subtract --beta x the completion's summed KL from its reward "
+                                "(REINFORCE++) instead of adding the KL to the loss; needs a "
+                                "reference actor (--ref_mode actor or auto without LoRA).")
+    min_group_std: float = _field(0.0, "Drop groups whose reward std is below this before learning "
+                                  "(reason-llm used 0.1); 0 = keep all.")
+    positive_only: bool = _field(False, "Train only on completions with a positive advantage.")
+    overlong_buffer: int = _field(0, "DAPO's soft overlong penalty: completions longer than "
+                                  "--max_new_tokens minus this lose reward linearly, down to "
+                                  "-overlong_penalty at --max_new_tokens; 0 = off.")
+    overlong_penalty: float = _field(1.0, "Largest overlong penalty (see --overlong_buffer).")
+    entropy_coef: float = _field(0.0, "Entropy bonus: the loss subtracts this x the mean token "
+                                 "entropy of the policy; 0 = off (no extra cost).")
     topk: int = _field(0, "Keep only the k best completions per prompt before learning; 0 = all.")
     loss_agg: str = _field("token_mean", "Loss aggregation: token_mean (all tokens of the batch "
                            "weigh equally) or seq_mean_token_mean (each sequence weighs equally).",
@@ -139,6 +174,19 @@ class AlgoConfig:
     grad_offload: bool = _field(False, "With cpu_adamw: move each gradient to CPU as backward "
                                 "produces it, so the device never holds a full gradient buffer.")
 
+    @property
+    def advantage_name(self) -> str:
+        return self.advantage or LEARNERS[self.learner].advantage
+
+    @property
+    def loss_name(self) -> str:
+        return self.policy_loss or LEARNERS[self.learner].loss
+
+    @property
+    def clip_range(self) -> tuple[float, float]:
+        """(low, high): the ratio is clipped to [1 - low, 1 + high]."""
+        return self.clip_eps_low or self.clip_eps, self.clip_eps_high or self.clip_eps
+
     def __post_init__(self) -> None:
         if self.lr <= 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
@@ -148,6 +196,10 @@ class AlgoConfig:
             raise ConfigError("--grad_offload needs --optimizer cpu_adamw")
         if self.micro_batch_size < 1:
             raise ConfigError(f"--micro_batch_size must be >= 1, got {self.micro_batch_size}")
+        for name in ("clip_eps", "clip_eps_low", "clip_eps_high", "min_group_std", "entropy_coef",
+                     "overlong_buffer", "overlong_penalty"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if self.max_importance_weight < 1:
             raise ConfigError(f"--max_importance_weight must be >= 1, got {self.max_importance_weight}")
 
@@ -160,6 +212,14 @@ class RunConfig:
     learner_chunk_size: int = _field(2, "Prompts per step the learner generates itself; the rest "
                                      "is split evenly over the generation actors.")
     max_steps: int = _field(20, "Training steps (one optimizer update each).")
+    time_budget_s: float = _field(0.0, "Also stop training after this many seconds (measured from the "
+                                  "first step; the final evaluation and checkpoint follow); 0 = no limit.")
+    dynamic_sampling: bool = _field(False, "DAPO: drop groups whose rewards are all equal and refill "
+                                    "the batch with fresh prompts, at most --max_sampling_rounds "
+                                    "generation rounds per step (synchronous mode only).")
+    max_sampling_rounds: int = _field(3, "With --dynamic_sampling: generation rounds per step at most.")
+    eval_samples: int = _field(0, "Also sample this many completions per held-out prompt at "
+                               "--temperature and report pass@k (k = this) as eval_pass_at_k; 0 = off.")
     backend: str = _field("auto", "Generation backend: auto (vllm on GPU when installed, else hf), "
                           "hf (transformers), vllm.", choices=["auto", "hf", "vllm"])
     eval_every: int = _field(10, "Evaluate every N steps (always at step 0 and at the end); 0 = "
@@ -241,6 +301,11 @@ class RunConfig:
         for name in ("save_every", "keep_checkpoints", "max_auto_resumes", "max_actor_restarts"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if self.dynamic_sampling and self.async_staleness:
+            raise ConfigError("--dynamic_sampling refills a step's batch before the update: it needs "
+                              "synchronous mode (--async_staleness 0)")
+        if self.max_sampling_rounds < 1 or self.eval_samples < 0 or self.time_budget_s < 0:
+            raise ConfigError("--max_sampling_rounds must be >= 1, --eval_samples and --time_budget_s >= 0")
         if self.max_bad_steps < 1:
             raise ConfigError(f"--max_bad_steps must be >= 1, got {self.max_bad_steps}")
         if self.number_of_actors < 0:
@@ -280,9 +345,15 @@ class TrainConfig:
         if self.algo.topk < 0:
             raise ConfigError(f"--topk must be >= 0, got {self.algo.topk}")
         group = self.algo.topk or self.run.num_candidates
-        if LEARNERS[self.algo.learner].needs_groups and group < 2:
+        if self.algo.advantage_name in GROUP_ADVANTAGES and group < 2:
             raise ConfigError(f"--learner {self.algo.learner} compares completions within a group: "
                               "use --num_candidates >= 2 (and --topk 0 or >= 2)")
+        if self.algo.kl_in_reward and (self.algo.beta == 0 or self.ref_mode != "actor"):
+            raise ConfigError("--kl_in_reward needs --beta > 0 and a reference actor (--ref_mode actor; "
+                              "auto picks it without LoRA)")
+        if self.algo.overlong_buffer >= self.sampling.max_new_tokens:
+            raise ConfigError(f"--overlong_buffer {self.algo.overlong_buffer} must be below --max_new_tokens "
+                              f"{self.sampling.max_new_tokens}")
         if self.model.load_in_4bit and self.model.lora_rank == 0:
             raise ConfigError("--load_in_4bit trains a LoRA adapter on a frozen 4-bit base: set "
                               "--lora_rank (e.g. 16)")
@@ -320,6 +391,7 @@ class TrainConfig:
 
 
 SUB_CONFIGS = (ModelConfig, DataConfig, SamplingConfig, AlgoConfig, RunConfig)
+GROUP_ADVANTAGES = ("grpo", "dr_grpo", "rloo", "pg")  # baselines from the prompt's other completions
 
 
 def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
@@ -327,5 +399,8 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(SUB_CONFIGS, description="Distributed RL fine-tuning of language models on Ray.")
-    parts = parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
-    return TrainConfig(*parts)
+    args = list(argv) if argv is not None else None
+    preset = parser.parse_known_args(args)[0].algo_preset
+    if preset:
+        parser.set_defaults(**ALGO_PRESETS[preset])
+    return TrainConfig(*parser.parse_args_into_dataclasses(args=args))

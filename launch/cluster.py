@@ -135,7 +135,8 @@ def create_actors(cfg: TrainConfig, model_path: str) -> Actors:
 
     learner = ray.remote(LearnerActor).options(name="distrl-learner", **opts(0)).remote(
         model_path, cfg.model, cfg.algo, cfg.sampling.temperature, ref_mode=cfg.ref_mode,
-        seed=run.seed, torch_threads=run.torch_threads, max_staleness=run.async_staleness)
+        seed=run.seed, torch_threads=run.torch_threads, max_staleness=run.async_staleness,
+        max_new_tokens=cfg.sampling.max_new_tokens)
     vllm = dict(tensor_parallel_size=run.gpus_per_actor, gpu_memory_utilization=run.gpu_memory_utilization,
                 max_model_len=run.max_model_len, colocate=run.colocate)
     generators = [

@@ -20,7 +20,9 @@ import torch
 from tqdm import tqdm
 
 from distrl import checkpoint
-from distrl.algorithms import compute_advantages, get_learner, topk_indices
+from distrl.algorithms import compute_advantages, topk_indices
+from distrl.algorithms.shaping import (fill_with_informative, informative_groups, kl_reward_penalty,
+                                       overlong_penalty)
 from distrl.checkpoint import Checkpoint, CheckpointError
 from distrl.config import ConfigError, RunStopped, TrainConfig
 from distrl.data import PromptSampler, load_splits
@@ -74,6 +76,22 @@ class Batch:
     calls: dict[int, tuple] = dataclasses.field(default_factory=dict)  # worker -> generate() args
     data_position: tuple[int, int] = (0, 0)  # the sampler's (epoch, position) after this batch
     launched: float = dataclasses.field(default_factory=time.perf_counter)
+
+
+@dataclasses.dataclass
+class Round:
+    """One generation round of a step, scored: groups `(P,)` of rollouts and rewards `(P, G)`."""
+
+    groups: list[list[Rollout]]
+    rows: list[dict]
+    rewards: torch.Tensor
+    reward_errors: int
+    reward_timeouts: int
+    staleness: list[int]
+    gen_s: float  # waiting for the rollouts
+    reward_s: float
+    gen_wait: float  # from launch to the last rollout (async batches launch a step early)
+    tokens: int  # completion tokens generated
 
 
 def length_percentiles(lengths: list[int]) -> dict[str, float]:
@@ -228,7 +246,6 @@ class Trainer:
         self.cfg, self.setup, self.actors = cfg, setup, actors
         self.tokenizer = setup.tokenizer
         self.sampler = PromptSampler(len(setup.train_rows), cfg.run.seed)
-        self.learner_algo = get_learner(cfg.algo.learner)
         self.policy_version = 0  # the learner's
         self.gen_version = 0  # the generators' (after the loads already submitted)
         self.weights_ref = None  # the learner's newest published weights
@@ -403,23 +420,41 @@ class Trainer:
         scores, stats = self._score(self.rewards, prompts, completions, columns)
         return torch.tensor(scores).view(len(groups), -1), stats
 
-    def evaluate(self) -> float:
-        """Greedy accuracy (main reward > 0.5) on the held-out prompts, spread over generators,
-        always with the learner's newest weights (a sync out of turn when they lag)."""
+    def evaluate(self) -> dict[str, float]:
+        """On the held-out prompts, with the learner's newest weights (a sync out of turn when
+        they lag), spread over the generators: greedy accuracy (main reward > 0.5) and mean
+        completion length; with --eval_samples k, also pass@k of k sampled completions (fixed seed)."""
         if self.gen_version != self.policy_version:
             self._sync(self.weights_ref, self.policy_version)
-        rows = self.setup.eval_rows
+        cfg, rows = self.cfg, self.setup.eval_rows
         prompts = [self._encode(rows, i) for i in range(len(rows))]
-        sampling = SamplingParams(n=1, max_new_tokens=self.cfg.sampling.max_new_tokens, greedy=True)
+        greedy = SamplingParams(n=1, max_new_tokens=cfg.sampling.max_new_tokens, greedy=True)
+        correct, lengths = self._eval_pass(prompts, greedy)
+        out = {"eval_accuracy": sum(1.0 for c in correct if c > 0.5) / len(correct),
+               "eval_len_mean": sum(lengths) / len(lengths)}
+        if cfg.run.eval_samples:
+            k = cfg.run.eval_samples
+            sampled = SamplingParams(n=k, max_new_tokens=cfg.sampling.max_new_tokens,
+                                     temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
+                                     seed=cfg.run.seed * 100_003 + 99_991)
+            correct, _ = self._eval_pass(prompts, sampled)
+            hits = [any(c > 0.5 for c in correct[i * k:(i + 1) * k]) for i in range(len(prompts))]
+            out["eval_pass_at_k"] = sum(hits) / len(hits)
+        return out
+
+    def _eval_pass(self, prompts: list[list[int]], sampling: SamplingParams) -> tuple[list[float], list[int]]:
+        """Main-reward scores and completion lengths of every held-out completion, flat, in order."""
+        rows = self.setup.eval_rows
         share = 0 if self.actors.generators else len(prompts)
         groups = self._generate(prompts, sampling, learner_share=share)
-        completions = [self.tokenizer.decode(g[0].completion_ids, skip_special_tokens=True) for g in groups]
-        columns = {k: [row[k] for row in rows] for k in rows[0] if k != "prompt"}
-        correct, stats = self._score(self.eval_reward, [r["prompt"] for r in rows], completions, columns)
+        flat_rows = [row for row, g in zip(rows, groups) for _ in g]
+        completions = [self.tokenizer.decode(r.completion_ids, skip_special_tokens=True) for g in groups for r in g]
+        columns = {k: [row[k] for row in flat_rows] for k in rows[0] if k != "prompt"}
+        scores, stats = self._score(self.eval_reward, [r["prompt"] for r in flat_rows], completions, columns)
         if stats.errors or stats.timeouts:
             print(f"warning: evaluation scored {stats.errors} reward errors and {stats.timeouts} "
                   "timeouts as --reward_default", file=sys.stderr, flush=True)
-        return sum(1.0 for c in correct if c > 0.5) / len(correct)
+        return scores, [len(r.completion_ids) for g in groups for r in g]
 
     # -- checkpoints ------------------------------------------------------------------
     def save(self, step: int) -> float:
@@ -519,36 +554,107 @@ class Trainer:
                 self.rollouts_dropped += len(group)
         return keep, staleness
 
-    def step(self, step: int) -> dict:
-        cfg, t0 = self.cfg, time.perf_counter()
-        self._launch_ahead(step)
-        batch = self._pending.pop(step)
-        self.data_position = batch.data_position
+    def _collect(self, step: int, batch: Batch) -> Round:
+        """Wait for `batch`'s rollouts, keep those fresh enough, and score them."""
+        t0 = time.perf_counter()
         groups, made_by = self._gather(batch)
         t_gen = time.perf_counter()
         self.rollouts_generated += sum(len(g) for g in groups)
-        dropped_before = self.rollouts_dropped
         keep, staleness = self._admit(step, groups, made_by)
         if not keep:
             raise RuntimeError(f"step {step}: every rollout was older than --async_staleness allows")
         groups = [groups[p] for p in keep]
         rows = [self.setup.train_rows[batch.indices[p]] for p in keep]
-        rewards, reward_stats = self._rewards(rows, groups)
+        rewards, stats = self._rewards(rows, groups)
+        return Round(groups, rows, rewards, stats.errors, stats.timeouts, staleness, t_gen - t0,
+                     time.perf_counter() - t_gen, t_gen - batch.launched,
+                     sum(len(r.completion_ids) for g in groups for r in g))
+
+    def _refill(self, step: int, first: Round) -> tuple[Round, int]:
+        """--dynamic_sampling: sample fresh prompts until the batch holds --batch_size groups whose
+        rewards differ (or --max_sampling_rounds rounds ran); returns them merged, and the rounds."""
+        cfg, rounds = self.cfg, [first]
+
+        def next_round(r: int) -> tuple[list[tuple[int, int]], torch.Tensor]:
+            if r > 0:
+                extra = self._new_batch(step)
+                extra.sampling = dataclasses.replace(extra.sampling, seed=extra.sampling.seed + 7919 * r)
+                self._launch(extra)
+                rounds.append(self._collect(step, extra))
+            return [(r, p) for p in range(len(rounds[r].groups))], rounds[r].rewards
+
+        min_std = max(cfg.algo.std_floor, cfg.algo.min_group_std)
+        kept, _, used = fill_with_informative(next_round, cfg.run.batch_size, cfg.run.max_sampling_rounds, min_std)
+        self.data_position = (self.sampler.epoch, self.sampler.position)
+        if not kept:  # nothing informative within the cap: train on the first round (advantages 0)
+            return first, used
+        merged = Round([rounds[r].groups[p] for r, p in kept], [rounds[r].rows[p] for r, p in kept],
+                       torch.stack([rounds[r].rewards[p] for r, p in kept]),
+                       sum(x.reward_errors for x in rounds), sum(x.reward_timeouts for x in rounds),
+                       [v for x in rounds for v in x.staleness], sum(x.gen_s for x in rounds),
+                       sum(x.reward_s for x in rounds), sum(x.gen_wait for x in rounds),
+                       sum(x.tokens for x in rounds))
+        return merged, used
+
+    def _learning_signal(self, rnd: Round) -> tuple[list[Rollout], list[float], list | None, dict]:
+        """Shape rewards (overlong penalty, KL in reward), compute advantages, and choose what the
+        learner trains on (--min_group_std, --topk, --positive_only); with reference log-probs."""
+        cfg, algo = self.cfg, self.cfg.algo
+        groups, scores = rnd.groups, rnd.rewards.clone()
+        extra: dict[str, float] = {}
+        if algo.overlong_buffer:
+            lengths = torch.tensor([[len(r.completion_ids) for r in g] for g in groups])
+            penalty = overlong_penalty(lengths, cfg.sampling.max_new_tokens, algo.overlong_buffer,
+                                       algo.overlong_penalty)
+            scores += penalty
+            extra["overlong_penalty_mean"] = float(penalty.mean())
+        ref_all = None
+        if algo.kl_in_reward:
+            flat = [r for g in groups for r in g]
+            ref_all = wait([self.actors.reference.logprobs.remote(flat)], ["distrl-reference"], cfg.run.timeout_s,
+                           "reference log-probs")[0]
+            penalty = kl_reward_penalty([r.logprobs for r in flat], ref_all, algo.beta, algo.kl_estimator)
+            scores -= penalty.view(len(groups), -1)
+            extra["kl_reward_penalty_mean"] = float(penalty.mean())
+        advantages = compute_advantages(algo.advantage_name, scores, algo.std_floor)
+        size = scores.shape[1]
+        informative = (informative_groups(scores, algo.min_group_std) if algo.min_group_std > 0
+                       else torch.ones(len(groups), dtype=torch.bool))
+        best = topk_indices(scores, algo.topk) if algo.topk else torch.arange(size).expand_as(scores)
+        pairs = [(p, j) for p in range(len(groups)) if informative[p] for j in best[p].tolist()
+                 if not algo.positive_only or advantages[p, j] > 0]
+        extra["rollouts_trained"] = len(pairs)
+        if not pairs:  # every rollout filtered out: measure (logprob_gap) but learn nothing
+            pairs = [(p, j) for p in range(len(groups)) for j in range(size)]
+            advantages = torch.zeros_like(advantages)
+        rollouts = [groups[p][j] for p, j in pairs]
+        adv = [float(advantages[p, j]) for p, j in pairs]
+        ref_lp = None
+        if ref_all is not None:
+            ref_lp = [ref_all[p * size + j] for p, j in pairs]
+        elif self.actors.reference is not None:
+            ref_lp = wait([self.actors.reference.logprobs.remote(rollouts)], ["distrl-reference"],
+                          cfg.run.timeout_s, "reference log-probs")[0]
+        return rollouts, adv, ref_lp, extra
+
+    def step(self, step: int) -> dict:
+        cfg, t0 = self.cfg, time.perf_counter()
+        self._launch_ahead(step)
+        batch = self._pending.pop(step)
+        self.data_position = batch.data_position
+        dropped_before = self.rollouts_dropped
+        rnd = self._collect(step, batch)
+        sampling_rounds = 1
+        if cfg.run.dynamic_sampling:
+            rnd, sampling_rounds = self._refill(step, rnd)
+        groups, rows, rewards = rnd.groups, rnd.rows, rnd.rewards
         t_reward = time.perf_counter()
         for p in range(min(cfg.run.log_samples, len(groups))):  # what the model says, to read
             self.samples.write({"step": step, "prompt": rows[p]["prompt"], "reward": float(rewards[p, 0]),
                                 "policy_version": groups[p][0].policy_version,
                                 "completion": self.tokenizer.decode(groups[p][0].completion_ids,
                                                                     skip_special_tokens=True)})
-        advantages = compute_advantages(self.learner_algo.advantage, rewards, cfg.algo.std_floor)
-        keep = (topk_indices(rewards, cfg.algo.topk) if cfg.algo.topk
-                else torch.arange(rewards.shape[1]).expand_as(rewards))
-        rollouts = [groups[p][j] for p in range(len(groups)) for j in keep[p].tolist()]
-        adv = [float(advantages[p, j]) for p in range(len(groups)) for j in keep[p].tolist()]
-        ref_lp = None
-        if self.actors.reference is not None:
-            ref_lp = wait([self.actors.reference.logprobs.remote(rollouts)], ["distrl-reference"],
-                          cfg.run.timeout_s, "reference log-probs")[0]
+        rollouts, adv, ref_lp, extra = self._learning_signal(rnd)
         t_ref = time.perf_counter()
         metrics_ref, weights_ref = self.actors.learner.step.options(num_returns=2).remote(rollouts, adv, ref_lp)
         if cfg.run.pipeline_depth and step < cfg.run.max_steps:  # queued behind this update
@@ -564,6 +670,7 @@ class Trainer:
         all_rollouts = [r for g in groups for r in g]
         completion_tokens = sum(len(r.completion_ids) for r in all_rollouts)
         std = rewards.std(dim=-1) if rewards.shape[1] > 1 else torch.zeros(len(groups))
+        staleness = rnd.staleness
         metrics = {
             "step": step, "policy_version": self.policy_version,
             "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
@@ -575,17 +682,18 @@ class Trainer:
             **length_percentiles([len(r.completion_ids) for r in all_rollouts]),
             "truncated_frac": sum(r.finish_reason == "length" for r in all_rollouts) / len(all_rollouts),
             "frac_zero_std": float((std < cfg.algo.std_floor).float().mean()),
-            "reward_errors": reward_stats.errors, "reward_timeouts": reward_stats.timeouts,
-            "gen_s": t_gen - t0, "reward_s": t_reward - t_gen, "ref_s": t_ref - t_reward,
+            "reward_errors": rnd.reward_errors, "reward_timeouts": rnd.reward_timeouts,
+            "gen_s": rnd.gen_s, "reward_s": rnd.reward_s, "ref_s": t_ref - t_reward,
             "train_s": t_train - t_ref, "sync_s": sync_s,
-            "tokens_per_s": completion_tokens / max(t_gen - batch.launched, 1e-9),
+            "tokens_per_s": rnd.tokens / max(rnd.gen_wait, 1e-9),
             "staleness_mean": sum(staleness) / len(staleness), "staleness_max": max(staleness),
             "rollouts": len(all_rollouts), "rollouts_dropped": self.rollouts_dropped - dropped_before,
             "generator_version": self.gen_version, "generator_restarts": self.generator_restarts,
-            "prompts_dropped": len(self._too_long),
+            "prompts_dropped": len(self._too_long), "sampling_rounds": sampling_rounds, **extra,
         }
-        if "importance_weight" in train:
-            metrics["importance_weight"] = train["importance_weight"]
+        for key in ("importance_weight", "entropy"):
+            if key in train:
+                metrics[key] = train[key]
         metrics["step_s"] = time.perf_counter() - t0
         metrics["samples_per_s"] = len(all_rollouts) / metrics["step_s"]
         return metrics
@@ -606,21 +714,26 @@ class Trainer:
         self._sync(self.weights_ref, self.policy_version)
         evals = self.evals
         if self.setup.resume is None:
-            evals[0] = self.evaluate()
-            self.log.write({"step": 0, "policy_version": 0, "eval_accuracy": evals[0]})
-            self.dashboard.record({"step": 0, "policy_version": 0, "eval_accuracy": evals[0]})
-            self.extra.record({"step": 0, "eval_accuracy": evals[0]})
+            first = self.evaluate()
+            evals[0] = first["eval_accuracy"]
+            self.log.write({"step": 0, "policy_version": 0, **first})
+            self.dashboard.record({"step": 0, "policy_version": 0, **first})
+            self.extra.record({"step": 0, **first})
             print(f"step 0/{cfg.run.max_steps} | eval_accuracy {evals[0]:.3f}", flush=True)
         history = []
         # A bar with ETA on a terminal; in job logs (not a terminal) only the plain step lines.
         bar = tqdm(total=cfg.run.max_steps, desc="steps", unit="step", disable=not sys.stdout.isatty(),
                    leave=False)
         bar.update(self.start_step)
+        started = time.perf_counter()
         for step in range(self.start_step + 1, cfg.run.max_steps + 1):
             metrics = self.step(step)
-            if step == cfg.run.max_steps or (cfg.run.eval_every and step % cfg.run.eval_every == 0):
-                evals[step] = metrics["eval_accuracy"] = self.evaluate()
-            if step == cfg.run.max_steps or (cfg.run.save_every and step % cfg.run.save_every == 0):
+            last = step == cfg.run.max_steps or (
+                cfg.run.time_budget_s > 0 and time.perf_counter() - started >= cfg.run.time_budget_s)
+            if last or (cfg.run.eval_every and step % cfg.run.eval_every == 0):
+                metrics.update(self.evaluate())
+                evals[step] = metrics["eval_accuracy"]
+            if last or (cfg.run.save_every and step % cfg.run.save_every == 0):
                 metrics["save_s"] = self.save(step)
             self.log.write(metrics)
             self.dashboard.record(metrics)
@@ -629,7 +742,9 @@ class Trainer:
             line = step_line(metrics, cfg.run.max_steps)
             print(line, flush=True) if bar.disable else bar.write(line)
             bar.update(1)
-            if cfg.run.plot_every and step % cfg.run.plot_every == 0 and step < cfg.run.max_steps:
+            if last:
+                break
+            if cfg.run.plot_every and step % cfg.run.plot_every == 0:
                 draw_plots(self.setup.output_dir)
         bar.close()
         self._finish_sync()
@@ -637,14 +752,16 @@ class Trainer:
         final_dir = os.path.join(self.setup.output_dir, "final")
         wait([self.actors.learner.save.remote(os.path.abspath(final_dir))], ["distrl-learner"],
              cfg.run.timeout_s, "saving the final model")
-        summary = {"steps": len(history), "eval_accuracy_start": evals.get(0, float("nan")),
+        summary = {"steps": history[-1]["step"] if history else self.start_step,
+                   "eval_accuracy_start": evals.get(0, float("nan")),
                    "eval_accuracy_end": evals[max(evals)], "output_dir": self.setup.output_dir,
                    "final_model": final_dir, "plots": os.path.join(self.setup.output_dir, "plots")}
         if history:
             summary.update(
                 median_step_s=statistics.median(m["step_s"] for m in history),
                 tokens_per_s=statistics.median(m["tokens_per_s"] for m in history),
-                logprob_gap=statistics.median(m["logprob_gap"] for m in history))
+                logprob_gap=statistics.median(m["logprob_gap"] for m in history),
+                train_minutes=(time.perf_counter() - started) / 60)
         return summary
 
 

@@ -112,7 +112,8 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
     if "median_step_s" in s:
         lines += [f"seconds per step (median): {s['median_step_s']:.1f}",
                   f"completion tokens/s (median): {s['tokens_per_s']:.1f}",
-                  f"logprob_gap (median): {s['logprob_gap']:.2e}"]
+                  f"logprob_gap (median): {s['logprob_gap']:.2e}",
+                  f"training time: {s['train_minutes']:.1f} min"]
     lines += [f"outputs: {s['output_dir']} (metrics.jsonl, config.json, plots/)",
               f"final model: {s['final_model']}"]
     return lines

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from distrl.algorithms import get_learner, policy_loss
+from distrl.algorithms import policy_loss
 from distrl.batch import Collated, collate, completion_logprobs, plan_microbatches
 from distrl.checkpoint import check_safe, load_state, save_state
 from distrl.config import AlgoConfig, ModelConfig
@@ -30,13 +30,13 @@ from distrl.weights import PackedWeights, WeightPacker
 class LearnerActor:
     def __init__(self, model_path: str, model_cfg: ModelConfig, algo_cfg: AlgoConfig,
                  temperature: float, ref_mode: str = "none", seed: int = 0, torch_threads: int = 0,
-                 max_staleness: int = 0) -> None:
-        """`max_staleness` > 0: take rollouts up to that many versions old, with decoupled PPO."""
+                 max_staleness: int = 0, max_new_tokens: int = 0) -> None:
+        """`max_staleness` > 0: take rollouts up to that many versions old, with decoupled PPO.
+        `max_new_tokens`: the generation budget, Dr. GRPO's constant loss normaliser."""
         torch.set_num_threads(torch_threads if torch_threads > 0 else (os.cpu_count() or 1))
         torch.manual_seed(seed)
         self.algo, self.temperature, self.ref_mode = algo_cfg, temperature, ref_mode
-        self.max_staleness = max_staleness
-        self.learner = get_learner(algo_cfg.learner)
+        self.max_staleness, self.max_new_tokens = max_staleness, max_new_tokens
         self.device = pick_device()
         self.tokenizer = load_tokenizer(model_path, model_cfg.trust_remote_code)
         if model_cfg.unsloth:
@@ -106,15 +106,23 @@ class LearnerActor:
         # Rows with advantage 0 and no KL term have exactly zero gradient: when a whole
         # micro-batch is such rows, a forward without autograd still gives logprob_gap at about
         # a third of the cost (frequent early on, when most groups score all 0).
-        needs_grad = any(a != 0.0 for a in advantages) or (self.algo.beta > 0 and self.ref_mode != "none")
+        kl_in_loss = self.algo.beta > 0 and not self.algo.kl_in_reward and self.ref_mode != "none"
+        needs_grad = any(a != 0.0 for a in advantages) or kl_in_loss or self.algo.entropy_coef > 0
+        entropy = None
         with torch.set_grad_enabled(needs_grad):
-            logprobs = completion_logprobs(self.model, batch, self.temperature, self.algo.logprob_chunk_size)
+            logprobs = completion_logprobs(self.model, batch, self.temperature, self.algo.logprob_chunk_size,
+                                           with_entropy=self.algo.entropy_coef > 0)
+            if self.algo.entropy_coef > 0:
+                logprobs, entropy = logprobs[0], logprobs[1]
         old = batch.old_logprobs.to(self.device)
         ref = self._reference(batch, rollouts, ref_logprobs)
+        low, high = self.algo.clip_range
         loss, metrics = policy_loss(
-            self.learner.loss, logprobs, old, torch.tensor(advantages, device=self.device), mask,
-            ref_logprobs=ref, beta=self.algo.beta, clip_eps=self.algo.clip_eps, agg=self.algo.loss_agg,
-            num_tokens=num_tokens, num_seqs=num_seqs,
+            self.algo.loss_name, logprobs, old, torch.tensor(advantages, device=self.device), mask,
+            ref_logprobs=ref, beta=0.0 if self.algo.kl_in_reward else self.algo.beta, clip_eps=low,
+            clip_eps_high=high, agg=self.algo.loss_agg, num_tokens=num_tokens, num_seqs=num_seqs,
+            kl_estimator=self.algo.kl_estimator, entropy=entropy, entropy_coef=self.algo.entropy_coef,
+            norm_len=self.max_new_tokens or None,
             # Off-policy: this forward (before the update) is the proximal policy.
             prox_logprobs=logprobs.detach() if self.max_staleness else None,
             max_importance_weight=self.algo.max_importance_weight)

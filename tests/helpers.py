@@ -58,3 +58,8 @@ def gated_ones(prompts: Sequence[str], completions: Sequence[str], **_: Any) -> 
 def garbage(prompts: Sequence[str], completions: Sequence[str], **_: Any) -> list:
     """Returns what its completion names: NaN, inf, None, or two values for one completion."""
     return {"nan": [float("nan")], "inf": [float("inf")], "none": [None], "two": [1.0, 2.0]}[completions[0]]
+
+
+def has_one(prompts: Sequence[str], completions: Sequence[str], **_: Any) -> list[float]:
+    """1 when the completion contains a '1': a sparse 0/1 reward, so many groups are all 0."""
+    return [float("1" in c) for c in completions]

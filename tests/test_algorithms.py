@@ -34,9 +34,9 @@ def test_unknown_names_list_the_valid_ones():
         compute_advantages("nope", torch.zeros(1, 2))
     with pytest.raises(KeyError, match="ppo_clip"):
         policy_loss("nope", None, None, None, None)
-    with pytest.raises(KeyError, match="valid: grpo, pg"):
+    with pytest.raises(KeyError, match="valid: dr_grpo, grpo, gspo, pg, reinforce_pp, rloo"):
         get_learner("ppo")
-    assert set(LEARNERS) == {"pg", "grpo"}
+    assert set(LEARNERS) == {"pg", "grpo", "dr_grpo", "rloo", "reinforce_pp", "gspo"}
 
 
 def test_topk_keeps_best_per_group_with_stable_ties():

@@ -57,13 +57,13 @@ def test_vllm_backend_is_refused_clearly():
 
 def test_unknown_learner_lists_choices():
     proc = cli("--learner", "ppo")
-    assert proc.returncode == 2 and "choose from 'grpo', 'pg'" in proc.stderr
+    assert proc.returncode == 2 and "choose from 'dr_grpo', 'grpo', 'gspo', 'pg', 'reinforce_pp', 'rloo'" in proc.stderr
 
 
 def test_help_shows_each_flag_documented():
     proc = cli("--help")
     assert proc.returncode == 0
-    for text in ("--number_of_actors", "Completions sampled per prompt", "--learner {grpo,pg}",
+    for text in ("--number_of_actors", "Completions sampled per prompt", "--learner {dr_grpo,grpo,gspo,pg,reinforce_pp,rloo}", "--algo_preset {grpo,dr_grpo,dapo,gspo}",
                  "KL coefficient", "--ray_address"):
         assert text in proc.stdout
 
@@ -171,3 +171,25 @@ def test_colocate_needs_the_vllm_backend():
 
 def test_wandb_without_wandb_installed_says_how_to_get_it():
     assert_one_line_error(cli("--wandb"), "--wandb: wandb is not installed; pip install wandb", "drop --wandb")
+
+
+def test_presets_expand_to_the_documented_flags_and_explicit_flags_win():
+    from distrl.config import parse_args
+
+    dapo = parse_args(["--algo_preset", "dapo"])
+    assert dapo.algo.clip_range == (0.2, 0.28) and dapo.algo.loss_agg == "token_mean"
+    assert dapo.run.dynamic_sampling and dapo.algo.overlong_buffer == 8 and dapo.algo.beta == 0.0
+    dr = parse_args(["--algo_preset", "dr_grpo"])
+    assert (dr.algo.advantage_name, dr.algo.loss_agg) == ("dr_grpo", "seq_mean_token_sum_norm")
+    gspo = parse_args(["--algo_preset", "gspo"])
+    assert gspo.algo.loss_name == "gspo" and gspo.algo.clip_range == (3e-4, 4e-4)
+    grpo = parse_args(["--algo_preset", "grpo"])
+    assert (grpo.algo.beta, grpo.algo.kl_estimator, grpo.ref_mode) == (0.04, "k3", "actor")
+    mine = parse_args(["--clip_eps_high", "0.3", "--algo_preset", "dapo", "--max_sampling_rounds", "5"])
+    assert mine.algo.clip_range == (0.2, 0.3) and mine.run.max_sampling_rounds == 5
+
+
+def test_algorithm_flags_that_cannot_work_are_refused():
+    assert_one_line_error(cli("--dynamic_sampling", "--async_staleness", "1"), "--dynamic_sampling refills")
+    assert_one_line_error(cli("--kl_in_reward", "--beta", "0.1", "--lora_rank", "8"), "--kl_in_reward needs")
+    assert_one_line_error(cli("--overlong_buffer", "40"), "--overlong_buffer 40 must be below")

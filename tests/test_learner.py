@@ -73,7 +73,7 @@ def test_learner_refuses_rollouts_from_another_version(tiny_model_dir):
         learner_actor.step(rollouts, adv)
 
 
-@pytest.mark.parametrize("learner", ["grpo", "pg"])
+@pytest.mark.parametrize("learner", ["grpo", "pg", "dr_grpo", "rloo", "reinforce_pp", "gspo"])
 def test_mean_reward_rises_on_a_toy_task(tiny_model_dir, learner):
     """Reward = share of '1' characters; a wrong sign or mask keeps it flat or sinks it."""
     torch.manual_seed(0)
@@ -86,7 +86,7 @@ def test_mean_reward_rises_on_a_toy_task(tiny_model_dir, learner):
         rollouts = [r for g in groups for r in g]
         texts = [learner_actor.tokenizer.decode(r.completion_ids, skip_special_tokens=True) for r in rollouts]
         rewards = torch.tensor(ones_fraction([], texts)).view(len(groups), -1)
-        adv = compute_advantages(learner_actor.learner.advantage, rewards).flatten().tolist()
+        adv = compute_advantages(learner_actor.algo.advantage_name, rewards).flatten().tolist()
         learner_actor.step(rollouts, adv)
         history.append(rewards.mean().item())
     start, end = statistics.mean(history[:5]), statistics.mean(history[-5:])

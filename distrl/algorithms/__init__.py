@@ -7,10 +7,11 @@ pair used by `--learner`. Nothing here knows about models, actors or configs.
 
 from distrl.algorithms.advantages import ADVANTAGES, compute_advantages, topk_indices
 from distrl.algorithms.logprobs import token_logprobs
-from distrl.algorithms.losses import LOSS_AGGREGATIONS, POLICY_LOSSES, aggregate, k3_kl, policy_loss
+from distrl.algorithms.losses import (KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES, aggregate, k3_kl,
+                                     kl_estimate, policy_loss)
 from distrl.algorithms.registry import LEARNERS, Learner, get_learner
 
 __all__ = [
-    "ADVANTAGES", "LEARNERS", "LOSS_AGGREGATIONS", "POLICY_LOSSES", "Learner", "aggregate",
-    "compute_advantages", "get_learner", "k3_kl", "policy_loss", "token_logprobs", "topk_indices",
+    "ADVANTAGES", "KL_ESTIMATORS", "LEARNERS", "LOSS_AGGREGATIONS", "POLICY_LOSSES", "Learner", "aggregate",
+    "compute_advantages", "get_learner", "k3_kl", "kl_estimate", "policy_loss", "token_logprobs", "topk_indices",
 ]

@@ -36,6 +36,36 @@ def group_zscore(rewards: torch.Tensor, std_floor: float = 1e-4) -> torch.Tensor
     return torch.where(flat, torch.zeros_like(centered), centered / std.clamp_min(std_floor))
 
 
+@register_advantage("dr_grpo")
+def group_mean_unscaled(rewards: torch.Tensor, std_floor: float = 1e-4) -> torch.Tensor:
+    """Dr. GRPO: `A = r - mean(r_group)`, no division by the group std (which favours groups that
+    are nearly all right or all wrong); pair it with `seq_mean_token_sum_norm` aggregation."""
+    return rewards - rewards.mean(dim=-1, keepdim=True)
+
+
+@register_advantage("rloo")
+def leave_one_out(rewards: torch.Tensor, std_floor: float = 1e-4) -> torch.Tensor:
+    """RLOO: each completion's baseline is the mean of the *other* completions of its group,
+    `A_i = r_i - mean_{j != i} r_j = G / (G - 1) * (r_i - mean)`; a single completion gets 0."""
+    g = rewards.shape[-1]
+    if g < 2:
+        return torch.zeros_like(rewards)
+    return (rewards - rewards.mean(dim=-1, keepdim=True)) * (g / (g - 1))
+
+
+@register_advantage("reinforce_pp")
+def batch_normalised(rewards: torch.Tensor, std_floor: float = 1e-4) -> torch.Tensor:
+    """REINFORCE++: no per-group baseline; rewards (with the KL penalty already in them, see
+    `--kl_in_reward`) are normalised over the whole batch, `A = (r - mean) / std`; a batch whose
+    std is below `std_floor` gets 0."""
+    if rewards.numel() < 2:
+        return torch.zeros_like(rewards)
+    std = rewards.std()
+    if std < std_floor:
+        return torch.zeros_like(rewards)
+    return (rewards - rewards.mean()) / std
+
+
 def compute_advantages(name: str, rewards: torch.Tensor, std_floor: float = 1e-4) -> torch.Tensor:
     """Advantages `(P, G)` from rewards `(P, G)` with the estimator registered as `name`."""
     if not torch.isfinite(rewards).all():  # one inf would turn a whole group's advantages to NaN

@@ -35,14 +35,21 @@ class Learner:
 
     advantage: str
     loss: str
-    needs_groups: bool  # the baseline comes from the other completions of the same prompt
 
 
 LEARNERS: dict[str, Learner] = {
     # REINFORCE with the group-mean baseline (DistRL-LLM).
-    "pg": Learner(advantage="pg", loss="pg", needs_groups=True),
+    "pg": Learner(advantage="pg", loss="pg"),
     # GRPO (DeepSeekMath): z-scored group advantages, PPO-clip, k3 KL to the reference.
-    "grpo": Learner(advantage="grpo", loss="ppo_clip", needs_groups=True),
+    "grpo": Learner(advantage="grpo", loss="ppo_clip"),
+    # Dr. GRPO (Liu et al. 2025): group mean baseline without std scaling, PPO-clip.
+    "dr_grpo": Learner(advantage="dr_grpo", loss="ppo_clip"),
+    # RLOO (Ahmadian et al. 2024): leave-one-out baseline, PPO-clip (on-policy: plain PG).
+    "rloo": Learner(advantage="rloo", loss="ppo_clip"),
+    # REINFORCE++ (Hu 2025): batch-normalised rewards, no group baseline, PPO-clip.
+    "reinforce_pp": Learner(advantage="reinforce_pp", loss="ppo_clip"),
+    # GSPO (Zheng et al. 2025): GRPO advantages with a sequence-level clipped ratio.
+    "gspo": Learner(advantage="grpo", loss="gspo"),
 }
 
 

@@ -81,8 +81,10 @@ class DataConfig:
     num_eval: int = _field(50, "Held-out prompts scored (greedy) at each evaluation.")
     system_prompt: str = _field("", "System message put before each prompt by the chat template; "
                                 "empty = the template's default.")
-    reward: str = _field("numeric", "Reward: 'numeric' (last number or \\boxed{} equals the answer), "
-                         "'math_verify' (math-verify equivalence), or 'module:function'.")
+    reward: str = _field("numeric_close", "Reward: 'numeric' (1 when the last number or \\boxed{} "
+                         "equals the answer), 'numeric_close' (1 when equal, else partial credit below "
+                         "0.5 that shrinks with the distance), 'math_verify' (math-verify equivalence), "
+                         "or 'module:function'.")
     format_reward_weight: float = _field(0.0, "Weight of an extra format reward (the completion "
                                          "ends with its answer); 0 = off.")
     reward_timeout_s: float = _field(10.0, "Deadline for one reward call (one completion); a call "
@@ -110,8 +112,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    max_new_tokens: int = _field(32, "Longest completion, in tokens.")
-    temperature: float = _field(1.0, "Sampling temperature (log-probs are taken at this temperature).")
+    max_new_tokens: int = _field(16, "Longest completion, in tokens.")
+    temperature: float = _field(0.7, "Sampling temperature (log-probs are taken at this temperature).")
     top_p: float = _field(1.0, "Nucleus sampling; 1.0 = off.")
 
     def __post_init__(self) -> None:
@@ -126,7 +128,7 @@ class SamplingConfig:
 @dataclass(frozen=True)
 class AlgoConfig:
     learner: str = _field("grpo", "Learning algorithm.", choices=sorted(LEARNERS))
-    lr: float = _field(1e-5, "AdamW learning rate.")
+    lr: float = _field(3e-5, "AdamW learning rate.")
     beta: float = _field(0.0, "KL coefficient to the reference model (k3 estimator); 0 = no "
                          "reference model.")
     algo_preset: str = _field("", "Set the flags below as a paper did (explicit flags still win): grpo, "
@@ -208,10 +210,10 @@ class AlgoConfig:
 class RunConfig:
     number_of_actors: int = _field(2, "Generation actors besides the learner.")
     batch_size: int = _field(8, "Prompts per step (learner chunk + generators' share).")
-    num_candidates: int = _field(4, "Completions sampled per prompt (the group size).")
+    num_candidates: int = _field(8, "Completions sampled per prompt (the group size).")
     learner_chunk_size: int = _field(2, "Prompts per step the learner generates itself; the rest "
                                      "is split evenly over the generation actors.")
-    max_steps: int = _field(20, "Training steps (one optimizer update each).")
+    max_steps: int = _field(25, "Training steps (one optimizer update each).")
     time_budget_s: float = _field(0.0, "Also stop training after this many seconds (measured from the "
                                   "first step; the final evaluation and checkpoint follow); 0 = no limit.")
     dynamic_sampling: bool = _field(False, "DAPO: drop groups whose rewards are all equal and refill "

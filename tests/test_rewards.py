@@ -17,6 +17,14 @@ def test_numeric_reward_handles_negatives_and_thousands():
     assert extract_answer("no digits here") is None
 
 
+def test_numeric_close_gives_exact_answers_1_and_near_misses_partial_credit():
+    f = load_reward("numeric_close")
+    got = f([""] * 5, ["12 + 35 = 47", "= 50", "no number", "119", "-20"], answer=["47", "47", "47", "47", "-22"])
+    assert got[0] == 1.0 and got[2] == 0.0
+    assert got[1] == pytest.approx(0.5 / (1 + 3 / 4.7)) and got[4] == pytest.approx(0.5 / (1 + 2 / 2.2))
+    assert 0 < got[3] < got[1] < 0.5  # farther is worth less, and never counts as correct
+
+
 def test_math_verify_reward_checks_equivalence():
     got = math_verify_reward(["", "", ""], ["so $\\frac{1}{2}$", "0.5", "$\\frac{1}{3}$"], answer=["0.5", "1/2", "0.5"])
     assert got == [1.0, 1.0, 0.0]

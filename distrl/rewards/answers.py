@@ -37,6 +37,27 @@ def numeric_reward(prompts: Sequence[str], completions: Sequence[str], answer: S
     return out
 
 
+def numeric_close_reward(prompts: Sequence[str], completions: Sequence[str], answer: Sequence[Any],
+                         **_: Any) -> list[float]:
+    """1.0 for the exact number; otherwise partial credit that shrinks with the distance,
+    `0.5 / (1 + |got - ref| / scale)` with `scale = max(1, |ref| / 10)`, and 0 without a number.
+
+    A dense signal for a model that is rarely exactly right yet: in a group of wrong answers the
+    closer ones still get a positive advantage. Only exact answers exceed 0.5, so `accuracy`
+    (reward > 0.5) and held-out evaluation still count exact answers only."""
+    out = []
+    for completion, ref in zip(completions, answer):
+        got = extract_answer(completion)
+        got_f, ref_f = (_as_float(got) if got else None), _as_float(str(ref))
+        if got_f is None or ref_f is None:
+            out.append(0.0)
+            continue
+        err = abs(got_f - ref_f)
+        scale = max(1.0, abs(ref_f) / 10)
+        out.append(1.0 if err <= 1e-6 * max(1.0, abs(ref_f)) else 0.5 / (1.0 + err / scale))
+    return out
+
+
 def math_verify_reward(prompts: Sequence[str], completions: Sequence[str], answer: Sequence[Any],
                        **_: Any) -> list[float]:
     """1.0 when math-verify finds the completion's answer equivalent to the reference."""

@@ -87,10 +87,11 @@ def test_kl_term_enters_loss_with_beta():
 
 def test_all_zero_mask_gives_zero_loss_without_nan():
     lp = torch.randn(2, 3, requires_grad=True)
-    for name in ("pg", "ppo_clip"):
-        for agg in ("token_mean", "seq_mean_token_mean"):
+    for name in ("pg", "ppo_clip", "gspo"):
+        for agg in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"):
             loss, metrics = policy_loss(name, lp, lp.detach(), torch.ones(2), torch.zeros(2, 3), agg=agg,
-                                        ref_logprobs=lp.detach() + 1.0, beta=0.1)
+                                        ref_logprobs=lp.detach() + 1.0, beta=0.1, entropy=torch.ones(2, 3),
+                                        entropy_coef=0.01)
             loss.backward()
             assert loss.item() == 0.0 and not torch.isnan(lp.grad).any()
             assert all(not torch.isnan(v) for v in metrics.values())

@@ -141,3 +141,18 @@ def test_presets_run_end_to_end_and_evaluation_is_deterministic(tiny_model_dir, 
             assert all(m["frac_zero_std"] == 0.0 for m in steps)  # only informative groups trained
             assert all("overlong_penalty_mean" in m for m in steps)
     assert step0[0] == step0[1]
+
+
+def test_reinforce_pp_with_kl_in_reward_and_no_groups(tiny_model_dir, tmp_path):
+    """REINFORCE++ needs no group: one completion per prompt, the KL to the reference actor
+    subtracted from the reward, an entropy bonus, and only positive advantages trained on."""
+    proc = train(tiny_run_args(tiny_model_dir, "--learner", "reinforce_pp", "--num_candidates", "1",
+                               "--kl_in_reward", "--beta", "0.1", "--kl_estimator", "k1",
+                               "--entropy_coef", "0.01", "--positive_only"), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = read_metrics(tmp_path)[1:]
+    assert [m["policy_version"] for m in steps] == [1, 2]
+    assert all(m["rollouts"] == 4 and 0 < m["rollouts_trained"] < 4 for m in steps)
+    # Update 0 is the reference itself; after one update the policy has moved away from it.
+    assert abs(steps[0]["kl_reward_penalty_mean"]) < 1e-4 < abs(steps[1]["kl_reward_penalty_mean"])
+    assert all(m["entropy"] > 0 and m["logprob_gap"] < 1e-4 for m in steps)

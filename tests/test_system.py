@@ -152,7 +152,10 @@ def test_reinforce_pp_with_kl_in_reward_and_no_groups(tiny_model_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps = read_metrics(tmp_path)[1:]
     assert [m["policy_version"] for m in steps] == [1, 2]
-    assert all(m["rollouts"] == 4 and 0 < m["rollouts_trained"] < 4 for m in steps)
+    # Batch-normalised advantages have mean 0, so positive-only always leaves some out (step 1's
+    # rewards are all 0 here: nothing is positive, and nothing is learned from it).
+    assert all(m["rollouts"] == 4 and m["rollouts_trained"] < 4 for m in steps)
+    assert steps[1]["rollouts_trained"] > 0
     # Update 0 is the reference itself; after one update the policy has moved away from it.
     assert abs(steps[0]["kl_reward_penalty_mean"]) < 1e-4 < abs(steps[1]["kl_reward_penalty_mean"])
     assert all(m["entropy"] > 0 and m["logprob_gap"] < 1e-4 for m in steps)

@@ -5,7 +5,7 @@ import time
 import pytest
 import ray
 
-from launch.driver import wait
+from launch.calls import wait
 
 
 class Stalls:

@@ -67,7 +67,7 @@ def test_a_restarted_generator_refuses_to_sample_without_weights(tiny_model_dir)
 
 
 def test_a_tokenizer_that_differs_on_one_actor_is_refused(tiny_model_dir, tmp_path):
-    from launch.driver import check_tokenizers
+    from launch.preflight import check_tokenizers
     from tests.conftest import build_tiny_model
 
     other = build_tiny_model(str(tmp_path / "other"))

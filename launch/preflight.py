@@ -1,0 +1,132 @@
+"""Everything checked and loaded before the cluster is touched: model, data, reward, the
+checkpoint to resume from; and the start-up check that every actor sees the same tokens.
+
+Bad input raises ConfigError here, so a run fails in seconds with one line, before any actor
+starts. The training loop itself lives in `launch/driver.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+from distrl import checkpoint
+from distrl.checkpoint import Checkpoint, CheckpointError
+from distrl.config import ConfigError, TrainConfig
+from distrl.data import load_splits
+from distrl.data.prompts import encode_prompt
+from distrl.generation import resolve_backend
+from distrl.models import (check_quantizable, check_unsloth, load_tokenizer, resolve_model,
+                           tokenizer_fingerprint)
+from distrl.rewards import load_reward
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything checked and loaded before the cluster is touched."""
+
+    model_path: str
+    tokenizer: Any
+    train_rows: list[dict]
+    eval_rows: list[dict]
+    reward_specs: list[tuple[str, float]]  # (registered name or module:function, weight)
+    output_dir: str
+    resume: Checkpoint | None = None
+
+    @property
+    def checkpoint_root(self) -> str:
+        return os.path.abspath(os.path.join(self.output_dir, "checkpoints"))
+
+
+
+def preflight(cfg: TrainConfig) -> Setup:
+    """Resolve model, data and reward; raise ConfigError on bad input. Starts no actor."""
+    backend = resolve_backend(cfg.run.backend, verbose=True)
+    if backend == "vllm" and cfg.sampling.top_p < 1.0:
+        raise ConfigError("--backend vllm reports log-probs of the top-p truncated distribution, not "
+                          "the one the learner computes: use --top_p 1.0")
+    import importlib.util
+
+    for flag, package in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
+        if getattr(cfg.run, flag) and importlib.util.find_spec(package) is None:
+            raise ConfigError(f"--{flag}: {package} is not installed; pip install {package}"
+                              f"{' (then wandb login)' if flag == 'wandb' else ''}, or drop --{flag}")
+    if cfg.run.colocate and backend != "vllm":
+        raise ConfigError("--colocate shares one GPU between the learner and a sleeping vLLM engine: it "
+                          "needs the vllm backend (vllm and a CUDA GPU); drop --colocate here")
+    check_unsloth(cfg.model, cfg.run.num_gpus_per_actor)
+    try:
+        load_reward(cfg.data.reward)  # imports here, so a bad spec fails before any process starts
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    reward_specs = [(cfg.data.reward, 1.0)]
+    if cfg.data.format_reward_weight:
+        reward_specs.append(("format", cfg.data.format_reward_weight))
+    train_rows, eval_rows = load_splits(cfg.data, cfg.run.seed)
+    model_path = resolve_model(cfg.model.model)
+    check_quantizable(model_path, cfg.model)
+    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
+    if cfg.data.long_prompts == "error":
+        check_prompt_lengths(tokenizer, train_rows, cfg)
+    resume = find_resume(cfg)
+    if resume is not None and not cfg.run.run_name:
+        output_dir = resume.run_dir  # a resumed run goes on writing where it started
+    else:
+        output_dir = os.path.join(cfg.run.output_dir, cfg.run.run_name or time.strftime("run-%Y%m%d-%H%M%S"))
+    return Setup(model_path, tokenizer, train_rows, eval_rows, reward_specs, output_dir, resume)
+
+
+# What the learner's saved state depends on: a checkpoint only loads into the same shapes.
+RESUME_MUST_MATCH = (("model", "model"), ("model", "lora_rank"), ("model", "lora_target_modules"),
+                     ("model", "load_in_4bit"), ("algo", "optimizer"))
+
+
+def find_resume(cfg: TrainConfig) -> Checkpoint | None:
+    """The checkpoint `--resume` names, checked (safe files, same model shapes, steps left)."""
+    if not cfg.run.resume:
+        return None
+    try:
+        found = checkpoint.resolve(cfg.run.resume, cfg.run.output_dir, cfg.run.run_name)
+        if found is None:
+            print(f"resume auto: no checkpoint under {cfg.run.output_dir}; starting from step 0", flush=True)
+            return None
+        checkpoint.check_safe(found.path)
+    except CheckpointError as e:
+        raise ConfigError(str(e)) from e
+    saved, now = found.trainer_state()["config"], cfg.to_dict()
+    for part, name in RESUME_MUST_MATCH:
+        if saved[part][name] != now[part][name]:
+            raise ConfigError(f"checkpoint {found.path} was written with --{name} {saved[part][name]!r}, "
+                              f"this run has {now[part][name]!r}: its state only loads into the same "
+                              f"setting (use --{name} {saved[part][name]!r} or start a new run)")
+    if found.step >= cfg.run.max_steps:
+        raise ConfigError(f"checkpoint {found.path} is at step {found.step} and --max_steps is "
+                          f"{cfg.run.max_steps}: nothing left to train; raise --max_steps")
+    return found
+
+
+def check_prompt_lengths(tokenizer: Any, rows: list[dict], cfg: TrainConfig) -> None:
+    """--long_prompts error: every training prompt is tokenized now, before any actor starts."""
+    limit = cfg.data.max_prompt_tokens
+    long = [i for i, row in enumerate(rows)
+            if len(encode_prompt(tokenizer, row["prompt"], cfg.data.system_prompt)) > limit]
+    if long:
+        raise ConfigError(f"{len(long)} training prompts are longer than --max_prompt_tokens {limit} "
+                          f"(rows {', '.join(map(str, long[:5]))}{', ...' if len(long) > 5 else ''}): "
+                          "raise the limit, shorten them, or --long_prompts drop")
+
+
+def check_tokenizers(tokenizer: Any, info: dict[str, dict]) -> None:
+    """Every actor must see the token ids the driver sees: same vocabulary, special tokens and
+    chat template, and the same EOS ids on every actor that generates."""
+    expected = tokenizer_fingerprint(tokenizer)
+    for name, said in info.items():
+        if "tokenizer" in said and said["tokenizer"] != expected:
+            raise ConfigError(f"{name} loaded a different tokenizer (vocabulary, special tokens or chat "
+                              "template) than the driver: every actor must load the same model folder")
+    eos = {name: said["eos_ids"] for name, said in info.items() if said.get("eos_ids") is not None}
+    if len({tuple(ids) for ids in eos.values()}) > 1:
+        raise ConfigError(f"actors stop generation at different EOS ids ({eos}): every actor must load "
+                          "the same model folder and generation config")

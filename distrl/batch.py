@@ -127,3 +127,15 @@ def completion_logprobs(model: torch.nn.Module, batch: Collated, temperature: fl
                 parts.append(chunk_logprobs(h, t))
         logprobs = torch.cat(parts, dim=-1)
     return logprobs * batch.completion_mask.to(device)
+
+
+def split_by_tokens(lengths: Sequence[int], parts: int) -> list[list[int]]:
+    """Split row indices over `parts` learner ranks so each gets about the same number of tokens
+    (longest rows first, each to the rank with the fewest tokens so far): a rank's step time
+    follows its tokens, not its rows. Each part keeps its rows in their original order."""
+    loads, out = [0] * parts, [[] for _ in range(parts)]
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        r = min(range(parts), key=lambda r: (loads[r], len(out[r]), r))
+        out[r].append(i)
+        loads[r] += lengths[i]
+    return [sorted(p) for p in out]

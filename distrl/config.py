@@ -274,6 +274,13 @@ class RunConfig:
                                      "the current weights and regenerates its prompts of the step.")
     max_bad_steps: int = _field(3, "Stop after this many updates in a row skipped for a non-finite "
                                 "loss or gradient norm.")
+    num_learners: int = _field(1, "Learner ranks: one torch.distributed group (gloo on CPU, nccl on "
+                               "GPU) that splits each batch by tokens and sums gradients; rank 0 "
+                               "publishes the weights and generates the learner's chunk.")
+    fsdp: bool = _field(False, "Shard the model, gradients and optimizer state over the learner ranks "
+                        "with FSDP2 (for models one device cannot hold); needs --num_learners >= 2.")
+    learner_check_every: int = _field(10, "With --num_learners > 1 (no FSDP): compare a checksum of "
+                                      "every rank's weights every N steps; a mismatch stops the run. 0 = never.")
     weight_sync_every: int = _field(1, "Broadcast new weights to the generators every N learner "
                                     "updates (rollouts then lag up to N-1 versions: needs "
                                     "--async_staleness >= N-1).")
@@ -312,6 +319,16 @@ class RunConfig:
             raise ConfigError(f"--max_bad_steps must be >= 1, got {self.max_bad_steps}")
         if self.number_of_actors < 0:
             raise ConfigError(f"--number_of_actors must be >= 0, got {self.number_of_actors}")
+        if self.num_learners < 1 or self.learner_check_every < 0:
+            raise ConfigError(f"--num_learners must be >= 1 and --learner_check_every >= 0, got "
+                              f"{self.num_learners} and {self.learner_check_every}")
+        if self.fsdp and self.num_learners < 2:
+            raise ConfigError("--fsdp shards the model over the learner ranks: set --num_learners >= 2")
+        if self.fsdp and self.learner_chunk_size:
+            raise ConfigError("--fsdp: a sharded learner cannot generate on its own (every forward "
+                              "gathers weights from all ranks): set --learner_chunk_size 0")
+        if self.colocate and self.num_learners > 1:
+            raise ConfigError("--colocate shares one GPU with one learner: use --num_learners 1")
         if self.num_candidates < 1:
             raise ConfigError(f"--num_candidates must be >= 1, got {self.num_candidates}")
         if self.timeout_s <= 0 or self.sync_timeout_s <= 0:
@@ -369,6 +386,12 @@ class TrainConfig:
                               "auto/actor (or adapter_disabled with LoRA), or --beta 0")
         if self.ref_mode == "adapter_disabled" and self.model.lora_rank == 0:
             raise ConfigError("--ref_mode adapter_disabled needs LoRA (--lora_rank > 0)")
+        if self.run.fsdp and self.algo.optimizer != "adamw":
+            raise ConfigError(f"--fsdp shards the optimizer state itself: use --optimizer adamw, not "
+                              f"{self.algo.optimizer}")
+        if self.run.fsdp and (self.model.load_in_4bit or self.model.unsloth):
+            raise ConfigError("--fsdp cannot shard a 4-bit or Unsloth model: drop --load_in_4bit/--unsloth "
+                              "(or --fsdp, with --num_learners for data parallelism)")
 
     @property
     def ref_mode(self) -> str:

@@ -62,11 +62,16 @@ class WeightPacker:
     def pack(self, named: dict[str, torch.Tensor], policy_version: int) -> PackedWeights:
         if len(named) != len(self.index):
             raise ValueError(f"packer holds {len(self.index)} tensors, got {len(named)}")
+        return self.pack_each(((slot.name, named[slot.name]) for slot in self.index), policy_version)
+
+    def pack_each(self, tensors: Iterator[tuple[str, torch.Tensor]], policy_version: int) -> PackedWeights:
+        """Pack (name, tensor) pairs as they arrive, in the packer's order: a sharded learner
+        gathers one full tensor at a time, so no device ever holds the whole model twice."""
         with torch.no_grad():
-            for slot in self.index:
-                src = named[slot.name].detach()
-                if tuple(src.shape) != slot.shape or str(src.dtype) != slot.dtype:
-                    raise ValueError(f"{slot.name} changed shape or dtype since the packer was built")
+            for slot, (name, tensor) in zip(self.index, tensors, strict=True):
+                src = tensor.detach()
+                if name != slot.name or tuple(src.shape) != slot.shape or str(src.dtype) != slot.dtype:
+                    raise ValueError(f"{slot.name} changed name, shape or dtype since the packer was built")
                 self.flat[slot.dtype][slot.offset: slot.offset + slot.numel].copy_(src.reshape(-1))
         buffers = {dtype: t.view(torch.uint8).numpy() for dtype, t in self.flat.items()}
         return PackedWeights(policy_version=policy_version, index=list(self.index), buffers=buffers)

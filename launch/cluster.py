@@ -8,7 +8,7 @@ waiting forever for resources.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -26,11 +26,16 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @dataclass
 class Actors:
-    learner: Any
+    learner: Any  # rank 0 of the learner group (it also generates)
     generators: list[Any]
     reference: Any | None
     placement_group: Any = None
     info: dict[str, dict] | None = None  # name -> what its ready() said (pid, node, device)
+    learners: list[Any] = field(default_factory=list)  # every learner rank, rank 0 first
+
+
+def learner_names(n: int) -> list[str]:
+    return ["distrl-learner"] + [f"distrl-learner-{r}" for r in range(1, n)]
 
 
 def connect(cfg: TrainConfig) -> None:
@@ -72,13 +77,13 @@ def generator_actor_gpus(cfg: TrainConfig) -> float:
 
 
 def bundles(cfg: TrainConfig) -> list[dict[str, float]]:
-    """One placement-group bundle per actor: learner, generators, then the reference actor."""
+    """One placement-group bundle per actor: learner ranks, generators, then the reference actor."""
     run = cfg.run
 
     def bundle(gpus: float) -> dict[str, float]:
         return {"CPU": run.num_cpus_per_actor, **({"GPU": gpus} if gpus > 0 else {})}
 
-    out = [bundle(learner_gpus(cfg))] + [bundle(generator_actor_gpus(cfg))] * run.number_of_actors
+    out = [bundle(learner_gpus(cfg))] * run.num_learners + [bundle(generator_actor_gpus(cfg))] * run.number_of_actors
     if cfg.ref_mode == "actor":
         out.append(bundle(run.num_gpus_per_actor))
     return out
@@ -105,8 +110,8 @@ def learner_gpus(cfg: TrainConfig) -> float:
 
 def _needed(cfg: TrainConfig) -> tuple[int, float, float]:
     others = 1 if cfg.ref_mode == "actor" else 0
-    actors = cfg.run.number_of_actors + 1 + others
-    gpus = learner_gpus(cfg) + cfg.run.number_of_actors * generator_gpus(cfg) + others * cfg.run.num_gpus_per_actor
+    actors = cfg.run.number_of_actors + cfg.run.num_learners + others
+    gpus = cfg.run.num_learners * learner_gpus(cfg) + cfg.run.number_of_actors * generator_gpus(cfg) + others * cfg.run.num_gpus_per_actor
     return actors, actors * cfg.run.num_cpus_per_actor, gpus
 
 
@@ -123,27 +128,28 @@ def check_resources(cfg: TrainConfig, available: dict[str, float]) -> None:
 
 
 def create_actors(cfg: TrainConfig, model_path: str) -> Actors:
-    """Named actors (distrl-learner, distrl-generator-i, distrl-reference), each in its bundle of
-    one placement group, all started."""
+    """Named actors (distrl-learner[-r], distrl-generator-i, distrl-reference), each in its bundle
+    of one placement group, all started; learner ranks joined into one process group."""
     run = cfg.run
     pg = place(cfg)
     shape = bundles(cfg)
+    n = run.num_learners
 
     def opts(i: int) -> dict:
         return dict(num_cpus=shape[i]["CPU"], num_gpus=shape[i].get("GPU", 0.0),
                     scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i))
 
-    learner = ray.remote(LearnerActor).options(name="distrl-learner", **opts(0)).remote(
+    learners = [ray.remote(LearnerActor).options(name=name, **opts(r)).remote(
         model_path, cfg.model, cfg.algo, cfg.sampling.temperature, ref_mode=cfg.ref_mode,
         seed=run.seed, torch_threads=run.torch_threads, max_staleness=run.async_staleness,
-        max_new_tokens=cfg.sampling.max_new_tokens)
+        max_new_tokens=cfg.sampling.max_new_tokens, world_size=n) for r, name in enumerate(learner_names(n))]
     vllm = dict(tensor_parallel_size=run.gpus_per_actor, gpu_memory_utilization=run.gpu_memory_utilization,
                 max_model_len=run.max_model_len, colocate=run.colocate)
     generators = [
         # Ray restarts a dead generator; the driver then reloads its weights and calls again
         # (max_task_retries=0: a call must never rerun on an actor that holds no weights).
         ray.remote(GenerationActor).options(name=f"distrl-generator-{i}", max_restarts=run.max_actor_restarts,
-                                            max_task_retries=0, **opts(1 + i)).remote(
+                                            max_task_retries=0, **opts(n + i)).remote(
             model_path, cfg.model, backend=run.backend, seed=run.seed,
             torch_threads=run.torch_threads or 1, vllm_options=vllm)
         for i in range(run.number_of_actors)]
@@ -152,8 +158,14 @@ def create_actors(cfg: TrainConfig, model_path: str) -> Actors:
         reference = ray.remote(ReferenceActor).options(name="distrl-reference", **opts(len(shape) - 1)).remote(
             model_path, cfg.model, cfg.sampling.temperature, cfg.algo.micro_batch_size,
             torch_threads=run.torch_threads or 1)
-    handles = [learner, *generators] + ([reference] if reference else [])
-    names = ["distrl-learner"] + [f"distrl-generator-{i}" for i in range(len(generators))] + \
+    handles = [*learners, *generators] + ([reference] if reference else [])
+    names = learner_names(n) + [f"distrl-generator-{i}" for i in range(len(generators))] + \
         (["distrl-reference"] if reference else [])
     info = dict(zip(names, ray.get([h.ready.remote() for h in handles], timeout=run.timeout_s)))
-    return Actors(learner, generators, reference, pg, info)
+    if n > 1:
+        address = ray.get(learners[0].rendezvous_address.remote(), timeout=run.timeout_s)
+        joined = ray.get([h.join_group.remote(address, r, run.sync_timeout_s, run.fsdp)
+                          for r, h in enumerate(learners)], timeout=run.timeout_s)
+        for name, group in zip(learner_names(n), joined):
+            info[name]["group"] = group
+    return Actors(learners[0], generators, reference, pg, info, learners)

@@ -32,6 +32,7 @@ from distrl.plot import draw as draw_plots
 from distrl.rewards.pool import RewardPool, RewardStats
 from launch.calls import ActorLost, generator_lost, settle, wait
 from launch.cluster import Actors, check_resources, connect, create_actors
+from launch.learner_group import LearnerGroup
 from launch.metrics import DashboardMetrics, ExtraLogs, MetricsLog, step_line, summary_lines
 from launch.preflight import Setup, check_tokenizers, preflight
 
@@ -99,6 +100,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, setup: Setup, actors: Actors) -> None:
         self.cfg, self.setup, self.actors = cfg, setup, actors
+        self.learners = LearnerGroup(actors.learners or [actors.learner], cfg.run.fsdp)
         self.tokenizer = setup.tokenizer
         self.sampler = PromptSampler(len(setup.train_rows), cfg.run.seed)
         self.policy_version = 0  # the learner's
@@ -322,8 +324,8 @@ class Trainer:
             return 0.0
         root = self.setup.checkpoint_root
         folder = checkpoint.begin(root, step)
-        wait([self.actors.learner.save_checkpoint.remote(folder)], ["distrl-learner"], self.cfg.run.timeout_s,
-             f"checkpoint of step {step}")
+        self.learners.run("save_checkpoint", folder, timeout_s=self.cfg.run.timeout_s,
+                          what=f"checkpoint of step {step}")
         # Generators hold no state of their own: each generate call seeds its sampler from
         # (--seed, step, worker), so the data position is all the sampling state there is.
         state = {"step": step, "policy_version": self.policy_version, "data_position": list(self.data_position),
@@ -340,8 +342,8 @@ class Trainer:
     def _restore(self, found: Checkpoint) -> None:
         """Load `found` into the learner and the driver; logs of later steps are dropped."""
         state = found.trainer_state()
-        version = wait([self.actors.learner.load_checkpoint.remote(found.path)], ["distrl-learner"],
-                       self.cfg.run.timeout_s, f"loading checkpoint {found.path}")[0]
+        version = self.learners.run("load_checkpoint", found.path, timeout_s=self.cfg.run.timeout_s,
+                                    what=f"loading checkpoint {found.path}")
         if version != state["policy_version"]:
             raise RuntimeError(f"checkpoint {found.path}: learner restored version {version}, the "
                                f"driver's state says {state['policy_version']}")
@@ -511,10 +513,13 @@ class Trainer:
                                                                     skip_special_tokens=True)})
         rollouts, adv, ref_lp, extra = self._learning_signal(rnd)
         t_ref = time.perf_counter()
-        metrics_ref, weights_ref = self.actors.learner.step.options(num_returns=2).remote(rollouts, adv, ref_lp)
+        metrics_refs, weights_ref = self.learners.step(rollouts, adv, ref_lp)
         if cfg.run.pipeline_depth and step < cfg.run.max_steps:  # queued behind this update
             self._launch(self._pending[step + 1], "learner")
-        train = wait([metrics_ref], ["distrl-learner"], cfg.run.timeout_s, "learner step")[0]
+        train = self.learners.metrics(metrics_refs, cfg.run.timeout_s)
+        check = cfg.run.learner_check_every
+        if len(self.learners) > 1 and not cfg.run.fsdp and check and step % check == 0:
+            self.learners.check_replicas(cfg.run.timeout_s, step)
         t_train = time.perf_counter()
         self.policy_version, self.weights_ref = int(train["policy_version"]), weights_ref
         self.bad_steps = count_bad_update(self.bad_steps, bool(train["skipped_update"]), cfg.run.max_bad_steps,
@@ -565,7 +570,7 @@ class Trainer:
             self._restore(self.setup.resume)
         # Version 0 (or the restored one) goes out too: generators never sample from weights the
         # learner does not hold.
-        self.weights_ref = self.actors.learner.publish.remote()
+        self.weights_ref = self.learners.call("publish")[0]
         self._sync(self.weights_ref, self.policy_version)
         evals = self.evals
         if self.setup.resume is None:
@@ -605,8 +610,8 @@ class Trainer:
         self._finish_sync()
         draw_plots(self.setup.output_dir)
         final_dir = os.path.join(self.setup.output_dir, "final")
-        wait([self.actors.learner.save.remote(os.path.abspath(final_dir))], ["distrl-learner"],
-             cfg.run.timeout_s, "saving the final model")
+        self.learners.run("save", os.path.abspath(final_dir), timeout_s=cfg.run.timeout_s,
+                          what="saving the final model")
         summary = {"steps": history[-1]["step"] if history else self.start_step,
                    "eval_accuracy_start": evals.get(0, float("nan")),
                    "eval_accuracy_end": evals[max(evals)], "output_dir": self.setup.output_dir,
@@ -661,7 +666,7 @@ def run(cfg: TrainConfig) -> dict:
 
 
 def stop_actors(actors: Actors) -> None:
-    for handle in [actors.learner, *actors.generators, actors.reference]:
+    for handle in [*(actors.learners or [actors.learner]), *actors.generators, actors.reference]:
         if handle is not None:
             ray.kill(handle, no_restart=True)
     if actors.placement_group is not None:

@@ -80,7 +80,10 @@ def preflight(cfg: TrainConfig) -> Setup:
 
 # What the learner's saved state depends on: a checkpoint only loads into the same shapes.
 RESUME_MUST_MATCH = (("model", "model"), ("model", "lora_rank"), ("model", "lora_target_modules"),
-                     ("model", "load_in_4bit"), ("algo", "optimizer"))
+                     ("model", "load_in_4bit"), ("algo", "optimizer"),
+                     # A sharded optimizer (CPUAdamW over ranks, FSDP) is saved per layout.
+                     ("run", "num_learners"), ("run", "fsdp"))
+_OLD_DEFAULTS = {"num_learners": 1, "fsdp": False}  # for checkpoints written before these flags
 
 
 def find_resume(cfg: TrainConfig) -> Checkpoint | None:
@@ -97,10 +100,10 @@ def find_resume(cfg: TrainConfig) -> Checkpoint | None:
         raise ConfigError(str(e)) from e
     saved, now = found.trainer_state()["config"], cfg.to_dict()
     for part, name in RESUME_MUST_MATCH:
-        if saved[part][name] != now[part][name]:
-            raise ConfigError(f"checkpoint {found.path} was written with --{name} {saved[part][name]!r}, "
+        if saved[part].get(name, _OLD_DEFAULTS.get(name)) != now[part][name]:
+            raise ConfigError(f"checkpoint {found.path} was written with --{name} {saved[part].get(name)!r}, "
                               f"this run has {now[part][name]!r}: its state only loads into the same "
-                              f"setting (use --{name} {saved[part][name]!r} or start a new run)")
+                              f"setting (use --{name} {saved[part].get(name)!r} or start a new run)")
     if found.step >= cfg.run.max_steps:
         raise ConfigError(f"checkpoint {found.path} is at step {found.step} and --max_steps is "
                           f"{cfg.run.max_steps}: nothing left to train; raise --max_steps")

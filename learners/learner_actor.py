@@ -5,6 +5,10 @@ rollouts it is given, one optimizer update, policy_version + 1, and the packed t
 of the new version as a second return value (one object-store write). It also generates its own
 chunk of each batch with its current weights. It does not compute rewards or advantages: those
 arrive with the rollouts.
+
+In a learner group (`--num_learners N`) each rank is one of these: `join_group` makes them one
+torch.distributed group, each `step` gets a part of the batch and the whole batch's totals, the
+gradients are summed over ranks (or reduce-scattered by FSDP2), and only rank 0 publishes weights.
 """
 
 from __future__ import annotations
@@ -23,17 +27,20 @@ from distrl.generation import Rollout, SamplingParams
 from distrl.generation.hf import HFBackend
 from distrl.models import (load_policy, load_tokenizer, load_unsloth_policy, pick_device,
                            tokenizer_fingerprint, trainable_parameters, where)
-from distrl.optim import clip_and_step, make_optimizer
+from distrl import parallel
+from distrl.optim import ShardedCPUAdamW, clip_and_step, make_optimizer
 from distrl.weights import PackedWeights, WeightPacker
 
 
 class LearnerActor:
     def __init__(self, model_path: str, model_cfg: ModelConfig, algo_cfg: AlgoConfig,
                  temperature: float, ref_mode: str = "none", seed: int = 0, torch_threads: int = 0,
-                 max_staleness: int = 0, max_new_tokens: int = 0) -> None:
+                 max_staleness: int = 0, max_new_tokens: int = 0, world_size: int = 1) -> None:
         """`max_staleness` > 0: take rollouts up to that many versions old, with decoupled PPO.
-        `max_new_tokens`: the generation budget, Dr. GRPO's constant loss normaliser."""
-        torch.set_num_threads(torch_threads if torch_threads > 0 else (os.cpu_count() or 1))
+        `max_new_tokens`: the generation budget, Dr. GRPO's constant loss normaliser.
+        `world_size` > 1: one rank of a learner group; it trains once `join_group` ran."""
+        # Auto: the node's cores, shared by the learner ranks (placed together by default).
+        torch.set_num_threads(torch_threads if torch_threads > 0 else max(1, (os.cpu_count() or 1) // world_size))
         torch.manual_seed(seed)
         self.algo, self.temperature, self.ref_mode = algo_cfg, temperature, ref_mode
         self.max_staleness, self.max_new_tokens = max_staleness, max_new_tokens
@@ -48,45 +55,98 @@ class LearnerActor:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model.train()
         self.params = trainable_parameters(self.model)
-        self.optimizer = make_optimizer(algo_cfg.optimizer, self.params.values(), algo_cfg.lr,
-                                        algo_cfg.weight_decay, algo_cfg.max_grad_norm, algo_cfg.grad_offload)
+        self.rank, self.world_size, self.fsdp, self.cpu_group = 0, world_size, False, None
+        self.optimizer = self._make_optimizer() if world_size == 1 else None
         self.backend = HFBackend(self.model, self.tokenizer, self.device)
         self.packer = WeightPacker(self.params)  # one buffer, rewritten for every version
         self.policy_version = 0
         self.model_path, self.lora = model_path, model_cfg.lora_rank > 0
+
+    def _make_optimizer(self):
+        algo = self.algo
+        return make_optimizer(algo.optimizer, self.params.values(), algo.lr, algo.weight_decay, algo.max_grad_norm,
+                              algo.grad_offload, self.rank, self.world_size, self.cpu_group)
+
+    # -- the learner group --------------------------------------------------------------
+    def rendezvous_address(self) -> str:
+        return parallel.free_address()
+
+    def join_group(self, address: str, rank: int, timeout_s: float, fsdp: bool = False) -> dict:
+        """Join the group of `world_size` ranks at `address` (all ranks call this at once). Rank
+        0's weights are copied to every rank, or, with `fsdp`, the model is sharded over them."""
+        parallel.join(address, rank, self.world_size, self.device, timeout_s)
+        self.rank, self.fsdp = rank, fsdp
+        self.cpu_group = parallel.cpu_group(self.device)
+        if fsdp:
+            parallel.fsdp_shard(self.model)
+            self.params = trainable_parameters(self.model)  # now DTensors: this rank's shards
+        else:
+            parallel.broadcast_params(list(self.params.values()))
+        self.optimizer = self._make_optimizer()
+        return {"rank": rank, "world_size": self.world_size, "fsdp": fsdp,
+                "local_params": sum(parallel.local(p).numel() for p in self.params.values())}
+
+    def checksum(self) -> tuple[float, float]:
+        """A cheap fingerprint of the weights, equal on every replica of a data-parallel group."""
+        return parallel.checksum(list(self.params.values()))
 
     def ready(self) -> dict:
         return {**where(), "device": str(self.device), "threads": torch.get_num_threads(),
                 "trainable_params": sum(p.numel() for p in self.params.values()),
                 "tokenizer": tokenizer_fingerprint(self.tokenizer), "eos_ids": self.backend.eos_ids}
 
-    def publish(self) -> PackedWeights:
-        """The current version's trainable weights, packed (LoRA tensors only with LoRA)."""
-        return self.packer.pack(self.params, self.policy_version)
+    def publish(self) -> PackedWeights | None:
+        """The current version's trainable weights, packed (LoRA tensors only with LoRA), from
+        rank 0; None from the other ranks. With FSDP every rank must call it: each tensor is
+        gathered in turn, so the full model never sits on a device twice."""
+        if self.fsdp:
+            tensors = parallel.full_tensors(self.params)
+            if self.rank == 0:
+                return self.packer.pack_each(tensors, self.policy_version)
+            for _ in tensors:
+                pass
+            return None
+        return self.packer.pack(self.params, self.policy_version) if self.rank == 0 else None
 
     def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[list[Rollout]]:
         return self.backend.generate(prompts, sampling, self.policy_version)
 
-    def step(self, rollouts: list[Rollout], advantages: list[float],
-             ref_logprobs: list[list[float]] | None = None) -> tuple[dict, PackedWeights]:
-        """One update on `rollouts` (flat) with one advantage each; returns (metrics, new weights)."""
+    def step(self, rollouts: list[Rollout], advantages: list[float], ref_logprobs: list[list[float]] | None = None,
+             batch_totals: tuple[float, int] | None = None,
+             filler: Rollout | None = None) -> tuple[dict, PackedWeights | None]:
+        """One update on `rollouts` (flat) with one advantage each; returns (metrics, new weights).
+
+        In a group, `rollouts` is this rank's part and `batch_totals` the whole batch's
+        (completion tokens, rollouts), which normalise the loss; metrics are this rank's share
+        of the batch's (the driver sums them). With FSDP every rank runs as many micro-batches
+        as the busiest one (each forward and backward is a collective): the missing ones run on
+        `filler` with weight 0."""
         start = time.perf_counter()
         oldest = self.policy_version - self.max_staleness
         stale = [r.policy_version for r in rollouts if not oldest <= r.policy_version <= self.policy_version]
         if stale:
             raise ValueError(f"rollouts from policy version {stale[0]} given to a learner at "
                              f"version {self.policy_version} (max staleness {self.max_staleness})")
-        num_tokens = float(sum(len(r.completion_ids) for r in rollouts))
+        num_tokens, num_seqs = batch_totals or (float(sum(len(r.completion_ids) for r in rollouts)), len(rollouts))
         totals: dict[str, float] = {}
         lengths = [len(r.prompt_ids) + len(r.completion_ids) for r in rollouts]
-        for idx in plan_microbatches(lengths, self.algo.micro_batch_size, self.algo.max_tokens_per_microbatch):
-            metrics = self._accumulate([rollouts[i] for i in idx], [advantages[i] for i in idx],
-                                       [ref_logprobs[i] for i in idx] if ref_logprobs else None,
-                                       num_tokens, len(rollouts))
+        plans = plan_microbatches(lengths, self.algo.micro_batch_size, self.algo.max_tokens_per_microbatch)
+        if self.fsdp:
+            plans += [[]] * (parallel.max_over_ranks(len(plans), self.device) - len(plans))
+        for idx in plans:
+            metrics = self._accumulate([rollouts[i] for i in idx] or [filler], [advantages[i] for i in idx] or [0.0],
+                                       [ref_logprobs[i] for i in idx] if ref_logprobs and idx else None,
+                                       num_tokens, num_seqs, weight=1.0 if idx else 0.0)
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + v
-        if math.isfinite(totals.get("loss", 0.0)):
-            grad_norm = clip_and_step(self.optimizer, list(self.params.values()), self.algo.max_grad_norm)
+        bad_loss = not math.isfinite(totals.get("loss", 0.0))
+        if self.world_size > 1:  # every rank must skip together, or the collectives misalign
+            bad_loss = parallel.any_rank(bad_loss, self.device)
+        if not bad_loss:
+            params = list(self.params.values())
+            if self.world_size > 1 and not self.fsdp and not isinstance(self.optimizer, ShardedCPUAdamW):
+                parallel.sum_grads(params)  # FSDP reduce-scatters in backward; ShardedCPUAdamW reduces itself
+            grad_norm = clip_and_step(self.optimizer, params, self.algo.max_grad_norm)
         else:  # a non-finite loss (NaN weights, overflow) must never reach the weights
             self.optimizer.zero_grad()
             grad_norm = float("nan")
@@ -99,15 +159,16 @@ class LearnerActor:
 
     def _accumulate(self, rollouts: list[Rollout], advantages: list[float],
                     ref_logprobs: list[list[float]] | None, num_tokens: float,
-                    num_seqs: int) -> dict[str, float]:
-        """Forward + backward of one micro-batch; the loss is normalised over the whole batch."""
+                    num_seqs: int, weight: float = 1.0) -> dict[str, float]:
+        """Forward + backward of one micro-batch; the loss is normalised over the whole batch.
+        `weight` 0: a filler micro-batch (FSDP) that must run but count for nothing."""
         batch = collate(rollouts, self.tokenizer.pad_token_id)
         mask = batch.completion_mask.to(self.device)
         # Rows with advantage 0 and no KL term have exactly zero gradient: when a whole
         # micro-batch is such rows, a forward without autograd still gives logprob_gap at about
         # a third of the cost (frequent early on, when most groups score all 0).
         kl_in_loss = self.algo.beta > 0 and not self.algo.kl_in_reward and self.ref_mode != "none"
-        needs_grad = any(a != 0.0 for a in advantages) or kl_in_loss or self.algo.entropy_coef > 0
+        needs_grad = any(a != 0.0 for a in advantages) or kl_in_loss or self.algo.entropy_coef > 0 or self.fsdp
         entropy = None
         with torch.set_grad_enabled(needs_grad):
             logprobs = completion_logprobs(self.model, batch, self.temperature, self.algo.logprob_chunk_size,
@@ -127,12 +188,12 @@ class LearnerActor:
             prox_logprobs=logprobs.detach() if self.max_staleness else None,
             max_importance_weight=self.algo.max_importance_weight)
         if needs_grad:
-            loss.backward()
+            (loss * weight if weight != 1.0 else loss).backward()
         # The proof the generators hold our weights, read off this same (pre-update) forward:
         # mean |generator log-prob - learner log-prob| over the sampled tokens.
         gap = ((logprobs.detach() - old).abs() * mask).sum() / max(num_tokens, 1.0)
-        out = {k: float(v) for k, v in metrics.items()}
-        out["logprob_gap"] = float(gap)
+        out = {k: float(v) * weight for k, v in metrics.items()}
+        out["logprob_gap"] = float(gap) * weight
         return out
 
     def _reference(self, batch: Collated, rollouts: list[Rollout],
@@ -150,24 +211,44 @@ class LearnerActor:
     # -- checkpoints ------------------------------------------------------------------
     def save_checkpoint(self, folder: str) -> int:
         """Write trainable weights, optimizer state, policy version and RNG state into `folder`
-        (safetensors + JSON only). Non-finite weights are refused: a bad update is never saved."""
+        (safetensors + JSON only). Non-finite weights are refused: a bad update is never saved.
+        In a group rank 0 writes the weights (gathered, with FSDP) and the optimizer state; a
+        sharded CPUAdamW has every rank write its own shard."""
         from safetensors.torch import save_file
 
-        bad = [name for name, p in self.params.items() if not torch.isfinite(p.detach()).all()]
+        bad = [name for name, p in self.params.items() if not torch.isfinite(parallel.local(p).detach()).all()]
+        if self.world_size > 1 and parallel.any_rank(bool(bad), self.device) and not bad:
+            bad = ["a tensor on another rank"]
         if bad:
             raise ValueError(f"non-finite values in {bad[0]} (and {len(bad) - 1} more tensors) at "
                              f"policy version {self.policy_version}: not checkpointed")
-        save_file({n: p.detach().cpu().contiguous() for n, p in self.params.items()},
-                  os.path.join(folder, "policy.safetensors"))
-        rng = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        save_state(folder, "optimizer", self.optimizer.state_dict())
-        save_state(folder, "learner", {"policy_version": self.policy_version, "rng": rng})
+        if self.fsdp or self.rank == 0:  # with FSDP every rank takes part in the gathering
+            weights = {n: t.contiguous() for n, t in parallel.full_tensors(self.params)}
+            if self.rank == 0:
+                save_file(weights, os.path.join(folder, "policy.safetensors"))
+            del weights
+        if isinstance(self.optimizer, ShardedCPUAdamW):
+            save_state(folder, f"optimizer-rank{self.rank}", self.optimizer.state_dict())
+        elif self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            state = get_optimizer_state_dict(self.model, self.optimizer,
+                                             options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            if self.rank == 0:
+                save_state(folder, "optimizer", state)
+        elif self.rank == 0:
+            save_state(folder, "optimizer", self.optimizer.state_dict())
+        if self.rank == 0:
+            rng = {"cpu": torch.get_rng_state()}
+            if torch.cuda.is_available():
+                rng["cuda"] = torch.cuda.get_rng_state_all()
+            save_state(folder, "learner", {"policy_version": self.policy_version, "rng": rng,
+                                           "world_size": self.world_size, "fsdp": self.fsdp})
         return self.policy_version
 
     def load_checkpoint(self, folder: str) -> int:
-        """Restore what `save_checkpoint` wrote; returns the restored policy version."""
+        """Restore what `save_checkpoint` wrote; returns the restored policy version. Every rank
+        of a group reads the folder (a shared filesystem across nodes)."""
         from safetensors.torch import load_file
 
         check_safe(folder)
@@ -177,10 +258,19 @@ class LearnerActor:
             raise ValueError(f"checkpoint {folder} does not match this model's trainable tensors "
                              f"(missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]}): same "
                              "--model/--lora_rank/--lora_target_modules as the run that wrote it?")
-        with torch.no_grad():
-            for name, p in self.params.items():
-                p.copy_(saved[name])
-        self.optimizer.load_state_dict(load_state(folder, "optimizer"))
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                                 set_optimizer_state_dict)
+
+            options = StateDictOptions(full_state_dict=True, strict=False)
+            set_model_state_dict(self.model, saved, options=options)
+            set_optimizer_state_dict(self.model, self.optimizer, load_state(folder, "optimizer"), options=options)
+        else:
+            with torch.no_grad():
+                for name, p in self.params.items():
+                    p.copy_(saved[name])
+            sharded = isinstance(self.optimizer, ShardedCPUAdamW)
+            self.optimizer.load_state_dict(load_state(folder, f"optimizer-rank{self.rank}" if sharded else "optimizer"))
         state = load_state(folder, "learner")
         torch.set_rng_state(state["rng"]["cpu"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
@@ -189,8 +279,15 @@ class LearnerActor:
         return self.policy_version
 
     def save(self, path: str) -> str:
-        """Write the current policy: a full model folder, or an adapter folder with LoRA."""
-        os.makedirs(path, exist_ok=True)
-        self.model.save_pretrained(path)
-        self.tokenizer.save_pretrained(path)
+        """Write the current policy: a full model folder, or an adapter folder with LoRA (rank 0;
+        with FSDP the state is gathered to rank 0's CPU first)."""
+        state = None
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.rank == 0:
+            os.makedirs(path, exist_ok=True)
+            self.model.save_pretrained(path, **({"state_dict": state} if state is not None else {}))
+            self.tokenizer.save_pretrained(path)
         return path

@@ -8,14 +8,20 @@ from typing import Iterable
 import torch
 
 from distrl.optim.cpu_adamw import CPUAdamW, clip_coef, global_norm, scaled_step
+from distrl.optim.sharded import ShardedCPUAdamW
 
 OPTIMIZERS = ("adamw", "cpu_adamw", "adamw_8bit")
 
 
 def make_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float,
-                   max_grad_norm: float, grad_offload: bool = False):
-    """`adamw` (torch fused), `cpu_adamw` (fp32 masters + moments on CPU), `adamw_8bit` (bitsandbytes)."""
+                   max_grad_norm: float, grad_offload: bool = False, rank: int = 0, world_size: int = 1,
+                   cpu_group=None):
+    """`adamw` (torch fused), `cpu_adamw` (fp32 masters + moments on CPU; in a learner group of
+    `world_size` > 1, sharded ZeRO-1 style over the ranks), `adamw_8bit` (bitsandbytes)."""
     params = list(params)
+    if name == "cpu_adamw" and world_size > 1:
+        return ShardedCPUAdamW(params, rank, world_size, "zero1", cpu_group, lr=lr, weight_decay=weight_decay,
+                               max_grad_norm=max_grad_norm, grad_offload=grad_offload)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
     if name == "cpu_adamw":
@@ -35,7 +41,7 @@ def clip_and_step(optimizer, params: list[torch.nn.Parameter], max_grad_norm: fl
     A parameter without a gradient steps with a zero one: the learner skips autograd for
     micro-batches whose gradient is exactly zero, and momentum and weight decay must act as if
     the backward had run."""
-    if isinstance(optimizer, CPUAdamW):
+    if isinstance(optimizer, CPUAdamW | ShardedCPUAdamW):
         return optimizer.step()
     for p in params:
         if p.grad is None:
@@ -47,4 +53,4 @@ def clip_and_step(optimizer, params: list[torch.nn.Parameter], max_grad_norm: fl
     return norm
 
 
-__all__ = ["CPUAdamW", "OPTIMIZERS", "clip_and_step", "make_optimizer"]
+__all__ = ["CPUAdamW", "ShardedCPUAdamW", "OPTIMIZERS", "clip_and_step", "make_optimizer"]

@@ -13,7 +13,8 @@ tensors (we do not hand-write Adam; the work here is the offload around it):
 - after the update the fp32 masters are copied back into the device parameters in their dtype;
 - when a parameter already is an fp32 CPU tensor it is its own master: no second copy is made.
 
-It does not shard state across ranks or own the model; the learner decides when to call it.
+It does not own the model; the learner decides when to call it. Across a learner group each rank
+runs one over its shard of the parameters (`distrl/optim/sharded.py`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ def global_norm(grads: list[torch.Tensor]) -> float:
     """The L2 norm over all gradients (inf/nan when any value is). On CPU, one BLAS dot per fp32
     tensor: it reads memory ~25% faster than `get_total_norm`'s norm kernels, and this read is
     the only pass over the gradients besides the update's own. On a GPU, one synchronisation."""
+    if any(hasattr(g, "to_local") for g in grads):  # FSDP shards: local squares summed over ranks
+        import torch.distributed as dist
+
+        local = [g.to_local() for g in grads]
+        squares = torch.nn.utils.get_total_norm(local).double().square().reshape(1) if local else torch.zeros(1)
+        dist.all_reduce(squares)
+        return math.sqrt(float(squares))
     if any(g.device.type != "cpu" or g.dtype != torch.float32 for g in grads):
         return float(torch.nn.utils.get_total_norm(grads))
     return math.sqrt(sum(float(torch.dot(g.reshape(-1), g.reshape(-1))) for g in grads))
@@ -69,14 +77,17 @@ class CPUAdamW:
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
                  max_grad_norm: float = 0.0, accum_steps: int = 1, grad_offload: bool = False,
                  lr_schedule: Callable[[int], float] | None = None,
-                 master_copy: bool | None = None) -> None:
+                 master_copy: bool | None = None,
+                 norm_reduce: Callable[[float], float] | None = None) -> None:
         """`master_copy=None` copies only parameters that are not fp32 CPU tensors already;
-        True forces separate masters (what a device model gets), False forbids them."""
+        True forces separate masters (what a device model gets), False forbids them.
+        `norm_reduce` maps this optimizer's squared gradient norm to the global one (a shard
+        of a learner group sums it over ranks), so every shard clips by the same factor."""
         if accum_steps < 1:
             raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
         self.params = [p for p in params if p.requires_grad]
         self.base_lr, self.max_grad_norm, self.accum_steps = lr, max_grad_norm, accum_steps
-        self.lr_schedule, self.grad_offload = lr_schedule, grad_offload
+        self.lr_schedule, self.grad_offload, self.norm_reduce = lr_schedule, grad_offload, norm_reduce
         self.num_updates, self.micro_steps = 0, 0
         self.pin = pin = torch.cuda.is_available()
         self.masters: list[torch.Tensor] = []
@@ -152,7 +163,10 @@ class CPUAdamW:
         if self.micro_steps % self.accum_steps:
             return None
         grads = [m.grad for m in self.masters if m.grad is not None]
-        norm = global_norm(grads) / self.accum_steps
+        norm = global_norm(grads)
+        if self.norm_reduce is not None:
+            norm = math.sqrt(self.norm_reduce(norm * norm))
+        norm /= self.accum_steps
         if math.isfinite(norm):
             if self.lr_schedule is not None:
                 for group in self.inner.param_groups:

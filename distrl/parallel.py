@@ -1,0 +1,122 @@
+"""The learner group's torch.distributed plumbing: joining the process group, summing gradients
+over ranks, sharding the model with FSDP2, and checking that replicas agree.
+
+Pure torch: it knows nothing about Ray (the rendezvous address comes from `launch/`) nor about
+losses (the learner normalises its loss over the global batch before any of this runs, so a
+SUM over ranks is exactly the single-learner gradient).
+"""
+
+from __future__ import annotations
+
+import datetime
+import socket
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+
+
+def free_address() -> str:
+    """host:port where this process can serve the group's rendezvous (rank 0 calls it)."""
+    import ray
+
+    host = ray.util.get_node_ip_address()
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return f"{host}:{s.getsockname()[1]}"
+
+
+def join(address: str, rank: int, world_size: int, device: torch.device, timeout_s: float) -> None:
+    """Join the group: nccl on GPU, gloo on CPU. `timeout_s` bounds every collective, so a rank
+    whose peer died fails within it instead of waiting forever."""
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, init_method=f"tcp://{address}", rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=timeout_s),
+                            **({"device_id": device} if device.type == "cuda" else {}))
+
+
+def cpu_group(device: torch.device) -> dist.ProcessGroup | None:
+    """A group for collectives on CPU tensors (CPUAdamW's state): the default one with gloo, a
+    gloo group beside nccl on GPU. Every rank must call this at the same point."""
+    return dist.new_group(backend="gloo") if device.type == "cuda" else None
+
+
+def broadcast_params(params: list[torch.Tensor]) -> None:
+    """Rank 0's values into every rank's parameters (replicas start identical)."""
+    with torch.no_grad():
+        for p in params:
+            dist.broadcast(p.data, src=0)
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when `flag` is true on any (e.g. a non-finite loss: all must skip)."""
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
+def max_over_ranks(value: int, device: torch.device) -> int:
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def sum_grads(params: list[torch.Tensor], bucket_mb: float = 64.0, group: dist.ProcessGroup | None = None) -> None:
+    """Sum every parameter's gradient over ranks in place, in flat buckets of about `bucket_mb`
+    (one collective per bucket, not per tensor). A missing gradient counts as zero: a rank whose
+    rows all had advantage 0 skipped autograd, and it must still take part."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    limit, buckets, size = int(bucket_mb * 2**20), [[]], 0
+    for p in params:
+        g = p.grad
+        if buckets[-1] and (size + g.nbytes > limit or g.dtype != buckets[-1][0].dtype):
+            buckets.append([])
+            size = 0
+        buckets[-1].append(g)
+        size += g.nbytes
+    for bucket in buckets:
+        if not bucket:
+            continue
+        flat = torch.cat([g.reshape(-1) for g in bucket])
+        dist.all_reduce(flat, group=group)
+        offset = 0
+        for g in bucket:
+            g.copy_(flat[offset: offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+
+def checksum(params: list[torch.Tensor]) -> tuple[float, float]:
+    """(sum, sum of squares) of every weight in fp64: equal on replicas holding equal weights."""
+    with torch.no_grad():
+        total = sum(float(p.detach().double().sum()) for p in params)
+        squares = sum(float(p.detach().double().square().sum()) for p in params)
+    return total, squares
+
+
+def fsdp_shard(model: torch.nn.Module) -> None:
+    """FSDP2: each decoder layer, then the rest, sharded over the group. Gradients are summed
+    over ranks (the loss is already normalised over the global batch), not averaged."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    for module in model.modules():
+        if type(module).__name__.endswith("DecoderLayer"):
+            fully_shard(module)
+    fully_shard(model)
+    for module in model.modules():  # each sharded module reduces its own gradients
+        if isinstance(module, FSDPModule):
+            module.set_gradient_divide_factor(1.0)
+            module.set_force_sum_reduction_for_comms(True)  # gloo has no pre-multiplied sum
+
+
+def full_tensors(named: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Each (sharded) tensor gathered in full, one at a time, moved to CPU (every rank must iterate)."""
+    for name, t in named.items():
+        full = t.full_tensor() if hasattr(t, "full_tensor") else t
+        yield name, full.detach().to("cpu")
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a (possibly FSDP-sharded) tensor."""
+    return t.to_local() if hasattr(t, "to_local") else t

@@ -544,7 +544,7 @@ class Trainer:
             "frac_zero_std": float((std < cfg.algo.std_floor).float().mean()),
             "reward_errors": rnd.reward_errors, "reward_timeouts": rnd.reward_timeouts,
             "gen_s": rnd.gen_s, "reward_s": rnd.reward_s, "ref_s": t_ref - t_reward,
-            "train_s": t_train - t_ref, "sync_s": sync_s,
+            "train_s": t_train - t_ref, "learner_comm_s": train.get("comm_s", 0.0), "sync_s": sync_s,
             "tokens_per_s": rnd.tokens / max(rnd.gen_wait, 1e-9),
             "staleness_mean": sum(staleness) / len(staleness), "staleness_max": max(staleness),
             "rollouts": len(all_rollouts), "rollouts_dropped": self.rollouts_dropped - dropped_before,

@@ -89,12 +89,13 @@ class LearnerGroup:
         return [m for m, _ in refs], refs[0][1]
 
     def metrics(self, refs: list[Any], timeout_s: float) -> dict[str, float]:
-        """The batch's metrics: each rank's share summed; the step time is the slowest rank's."""
+        """The batch's metrics: each rank's share summed; step and communication times are the
+        slowest rank's."""
         parts = self.wait(refs, timeout_s, "learner step")
         out = dict(parts[0])
         for part in parts[1:]:
             for key, value in part.items():
-                if key == "train_s":
+                if key in ("train_s", "comm_s"):
                     out[key] = max(out[key], value)
                 elif key not in _SAME_ON_EVERY_RANK:
                     out[key] = out.get(key, 0.0) + value

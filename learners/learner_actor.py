@@ -35,10 +35,12 @@ from distrl.weights import PackedWeights, WeightPacker
 class LearnerActor:
     def __init__(self, model_path: str, model_cfg: ModelConfig, algo_cfg: AlgoConfig,
                  temperature: float, ref_mode: str = "none", seed: int = 0, torch_threads: int = 0,
-                 max_staleness: int = 0, max_new_tokens: int = 0, world_size: int = 1) -> None:
+                 max_staleness: int = 0, max_new_tokens: int = 0, world_size: int = 1,
+                 cpu_adamw_sharding: str = "zero1") -> None:
         """`max_staleness` > 0: take rollouts up to that many versions old, with decoupled PPO.
         `max_new_tokens`: the generation budget, Dr. GRPO's constant loss normaliser.
-        `world_size` > 1: one rank of a learner group; it trains once `join_group` ran."""
+        `world_size` > 1: one rank of a learner group; it trains once `join_group` ran.
+        `cpu_adamw_sharding`: who owns CPUAdamW's state in a group (`zero1`; `rank0` for the bench)."""
         # Auto: the node's cores, shared by the learner ranks (placed together by default).
         torch.set_num_threads(torch_threads if torch_threads > 0 else max(1, (os.cpu_count() or 1) // world_size))
         torch.manual_seed(seed)
@@ -56,6 +58,7 @@ class LearnerActor:
         self.model.train()
         self.params = trainable_parameters(self.model)
         self.rank, self.world_size, self.fsdp, self.cpu_group = 0, world_size, False, None
+        self.sharding = cpu_adamw_sharding
         self.optimizer = self._make_optimizer() if world_size == 1 else None
         self.backend = HFBackend(self.model, self.tokenizer, self.device)
         self.packer = WeightPacker(self.params)  # one buffer, rewritten for every version
@@ -65,7 +68,7 @@ class LearnerActor:
     def _make_optimizer(self):
         algo = self.algo
         return make_optimizer(algo.optimizer, self.params.values(), algo.lr, algo.weight_decay, algo.max_grad_norm,
-                              algo.grad_offload, self.rank, self.world_size, self.cpu_group)
+                              algo.grad_offload, self.rank, self.world_size, self.cpu_group, self.sharding)
 
     # -- the learner group --------------------------------------------------------------
     def rendezvous_address(self) -> str:
@@ -140,21 +143,26 @@ class LearnerActor:
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + v
         bad_loss = not math.isfinite(totals.get("loss", 0.0))
+        comm_start = time.perf_counter()
         if self.world_size > 1:  # every rank must skip together, or the collectives misalign
             bad_loss = parallel.any_rank(bad_loss, self.device)
         if not bad_loss:
             params = list(self.params.values())
             if self.world_size > 1 and not self.fsdp and not isinstance(self.optimizer, ShardedCPUAdamW):
                 parallel.sum_grads(params)  # FSDP reduce-scatters in backward; ShardedCPUAdamW reduces itself
+            comm_s = time.perf_counter() - comm_start
             grad_norm = clip_and_step(self.optimizer, params, self.algo.max_grad_norm)
+            comm_s += getattr(self.optimizer, "comm_s", 0.0)
         else:  # a non-finite loss (NaN weights, overflow) must never reach the weights
             self.optimizer.zero_grad()
-            grad_norm = float("nan")
+            grad_norm, comm_s = float("nan"), time.perf_counter() - comm_start
         skipped = not math.isfinite(grad_norm)  # then the weights did not change
         if not skipped:
             self.policy_version += 1
         totals.update(grad_norm=grad_norm, skipped_update=float(skipped), train_tokens=num_tokens,
-                      train_s=time.perf_counter() - start, policy_version=self.policy_version)
+                      train_s=time.perf_counter() - start, policy_version=self.policy_version,
+                      # Time in gradient/weight collectives outside backward (FSDP's are inside it).
+                      comm_s=comm_s if self.world_size > 1 else 0.0)
         return totals, self.publish()
 
     def _accumulate(self, rollouts: list[Rollout], advantages: list[float],

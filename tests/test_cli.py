@@ -193,3 +193,16 @@ def test_algorithm_flags_that_cannot_work_are_refused():
     assert_one_line_error(cli("--dynamic_sampling", "--async_staleness", "1"), "--dynamic_sampling refills")
     assert_one_line_error(cli("--kl_in_reward", "--beta", "0.1", "--lora_rank", "8"), "--kl_in_reward needs")
     assert_one_line_error(cli("--overlong_buffer", "40"), "--overlong_buffer 40 must be below")
+
+
+def test_learner_group_bundles_and_flags_that_cannot_work():
+    from launch.cluster import bundles
+
+    cfg = parse_args(["--num_learners", "3", "--number_of_actors", "1", "--num_cpus_per_actor", "0.25"])
+    assert bundles(cfg) == [{"CPU": 0.25}] * 4  # three learner ranks, then the generator
+    assert_one_line_error(cli("--fsdp"), "--fsdp shards the model over the learner ranks", "--num_learners >= 2")
+    assert_one_line_error(cli("--fsdp", "--num_learners", "2"), "cannot generate on its own",
+                          "--learner_chunk_size 0")
+    assert_one_line_error(cli("--fsdp", "--num_learners", "2", "--learner_chunk_size", "0", "--optimizer",
+                              "cpu_adamw"), "--fsdp shards the optimizer state itself", "--optimizer adamw")
+    assert_one_line_error(cli("--num_learners", "0"), "--num_learners must be >= 1")

@@ -15,12 +15,12 @@ OPTIMIZERS = ("adamw", "cpu_adamw", "adamw_8bit")
 
 def make_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float,
                    max_grad_norm: float, grad_offload: bool = False, rank: int = 0, world_size: int = 1,
-                   cpu_group=None):
+                   cpu_group=None, sharding: str = "zero1"):
     """`adamw` (torch fused), `cpu_adamw` (fp32 masters + moments on CPU; in a learner group of
     `world_size` > 1, sharded ZeRO-1 style over the ranks), `adamw_8bit` (bitsandbytes)."""
     params = list(params)
     if name == "cpu_adamw" and world_size > 1:
-        return ShardedCPUAdamW(params, rank, world_size, "zero1", cpu_group, lr=lr, weight_decay=weight_decay,
+        return ShardedCPUAdamW(params, rank, world_size, sharding, cpu_group, lr=lr, weight_decay=weight_decay,
                                max_grad_norm=max_grad_norm, grad_offload=grad_offload)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)

@@ -16,6 +16,7 @@ It does not compute the loss or decide when to step.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import torch
@@ -45,6 +46,7 @@ class ShardedCPUAdamW:
         """`cpu_group`: the group for CPU tensors (gloo); None = the default group."""
         self.params = [p for p in params if p.requires_grad]
         self.rank, self.world_size, self.cpu_group = rank, world_size, cpu_group
+        self.comm_s = 0.0  # seconds the last step spent in reduce + broadcast (the bench reads it)
         self.owner = owners([p.numel() for p in self.params], world_size, sharding)
         owned = [p for p, o in zip(self.params, self.owner) if o == rank]
         self.local = CPUAdamW(owned, norm_reduce=self._sum_over_ranks, **cpu_adamw) if owned else None
@@ -113,13 +115,17 @@ class ShardedCPUAdamW:
     def step(self) -> float:
         """Reduce, update the owned shard, broadcast; the global gradient norm before clipping
         (non-finite: no rank updated)."""
+        start = time.perf_counter()
         self._reduce_grads()
+        self.comm_s = time.perf_counter() - start
         if self.local is not None:
             norm = self.local.step()
         else:  # owns nothing, still takes part in the norm
             norm = math.sqrt(self._sum_over_ranks(0.0))
         if math.isfinite(norm):
+            start = time.perf_counter()
             self._broadcast_params()
+            self.comm_s += time.perf_counter() - start
         return norm
 
     def zero_grad(self) -> None:

@@ -29,9 +29,11 @@ def ray_cluster():
     ray.shutdown()
 
 
-def _group(model_dir: str, cfg: ModelConfig, algo: AlgoConfig, n: int, fsdp: bool = False) -> LearnerGroup:
+def _group(model_dir: str, cfg: ModelConfig, algo: AlgoConfig, n: int, fsdp: bool = False,
+           sharding: str = "zero1") -> LearnerGroup:
     handles = [ray.remote(LearnerActor).options(num_cpus=0.5).remote(
-        model_dir, cfg, algo, temperature=1.0, torch_threads=1, world_size=n) for _ in range(n)]
+        model_dir, cfg, algo, temperature=1.0, torch_threads=1, world_size=n, cpu_adamw_sharding=sharding)
+        for _ in range(n)]
     address = ray.get(handles[0].rendezvous_address.remote())
     ray.get([h.join_group.remote(address, r, 60.0, fsdp) for r, h in enumerate(handles)])
     return LearnerGroup(handles, fsdp)
@@ -47,17 +49,19 @@ def _batch(single: LearnerActor, generator: GenerationActor, step: int):
     return rollouts, adv
 
 
-@pytest.mark.parametrize("lora_rank,optimizer,fsdp", [
-    (0, "adamw", False), (4, "adamw", False), (0, "cpu_adamw", False), (4, "cpu_adamw", False),
-    (0, "adamw", True), (4, "adamw", True)])
-def test_two_learners_match_one_learner_after_three_steps(ray_cluster, tiny_model_dir, lora_rank, optimizer, fsdp):
+@pytest.mark.parametrize("lora_rank,optimizer,fsdp,sharding", [
+    (0, "adamw", False, ""), (4, "adamw", False, ""), (0, "cpu_adamw", False, "zero1"),
+    (4, "cpu_adamw", False, "zero1"), (0, "cpu_adamw", False, "rank0"), (0, "adamw", True, ""),
+    (4, "adamw", True, "")])
+def test_two_learners_match_one_learner_after_three_steps(ray_cluster, tiny_model_dir, lora_rank, optimizer, fsdp,
+                                                          sharding):
     cfg = ModelConfig(lora_rank=lora_rank, lora_alpha=2 * lora_rank or 32)
     # Clipping active (norms here are ~1-10): a gradient averaged instead of summed over ranks
     # would clip differently and report another norm.
     algo = AlgoConfig(lr=1e-3, optimizer=optimizer, micro_batch_size=3, max_grad_norm=0.5)
     single = LearnerActor(tiny_model_dir, cfg, algo, temperature=1.0, torch_threads=1)
     generator = GenerationActor(tiny_model_dir, cfg, torch_threads=1)
-    group = _group(tiny_model_dir, cfg, algo, 2, fsdp)
+    group = _group(tiny_model_dir, cfg, algo, 2, fsdp, sharding or "zero1")
     start = {n: p.detach().clone() for n, p in single.params.items()}
     for step in range(3):
         rollouts, adv = _batch(single, generator, step)
@@ -72,7 +76,7 @@ def test_two_learners_match_one_learner_after_three_steps(ray_cluster, tiny_mode
     diff = max(float((weights[n] - p.detach()).abs().max()) for n, p in single.params.items())
     moved = max(float((p.detach() - start[n]).abs().max()) for n, p in single.params.items())
     assert moved > 1e-3  # the steps really changed the weights
-    print(f"N=2 vs N=1, lora_rank {lora_rank}, {optimizer}, fsdp {fsdp}: max |param difference| "
+    print(f"N=2 vs N=1, lora_rank {lora_rank}, {optimizer} {sharding}, fsdp {fsdp}: max |param difference| "
           f"{diff:.2e} after 3 steps (training moved params by {moved:.2e})")
     assert diff < 1e-5, f"max |param difference| {diff} (training moved params by {moved})"
     if not fsdp:
@@ -108,3 +112,25 @@ def test_a_diverged_replica_stops_the_run(ray_cluster, tiny_model_dir):
     ray.get(group.handles[1].__ray_call__.remote(_bump_first_weight))
     with pytest.raises(RuntimeError, match="step 10: the learner ranks' weights differ"):
         group.check_replicas(60, step=10)
+
+
+def _nan_first_weight(actor: LearnerActor) -> None:
+    with torch.no_grad():
+        next(iter(actor.params.values())).view(-1)[0] = float("nan")
+
+
+def _version(actor: LearnerActor) -> int:
+    return actor.policy_version
+
+
+def test_a_non_finite_loss_on_one_rank_skips_the_update_on_every_rank(ray_cluster, tiny_model_dir):
+    single = LearnerActor(tiny_model_dir, ModelConfig(), AlgoConfig(), temperature=1.0, torch_threads=1)
+    generator = GenerationActor(tiny_model_dir, ModelConfig(), torch_threads=1)
+    rollouts, adv = _batch(single, generator, 0)
+    group = _group(tiny_model_dir, ModelConfig(), AlgoConfig(), 2)
+    ray.get(group.handles[1].__ray_call__.remote(_nan_first_weight))  # rank 1 only
+    refs, _ = group.step(rollouts, adv, None)
+    metrics = group.metrics(refs, timeout_s=120)
+    assert metrics["skipped_update"] == 1.0
+    # Neither rank stepped (a rank that did would be a version ahead, its collectives misaligned).
+    assert ray.get([h.__ray_call__.remote(_version) for h in group.handles]) == [0, 0]

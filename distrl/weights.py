@@ -71,7 +71,7 @@ class WeightPacker:
             for slot, (name, tensor) in zip(self.index, tensors, strict=True):
                 src = tensor.detach()
                 if name != slot.name or tuple(src.shape) != slot.shape or str(src.dtype) != slot.dtype:
-                    raise ValueError(f"{slot.name} changed name, shape or dtype since the packer was built")
+                    raise ValueError(f"{slot.name} changed shape, dtype or name since the packer was built")
                 self.flat[slot.dtype][slot.offset: slot.offset + slot.numel].copy_(src.reshape(-1))
         buffers = {dtype: t.view(torch.uint8).numpy() for dtype, t in self.flat.items()}
         return PackedWeights(policy_version=policy_version, index=list(self.index), buffers=buffers)

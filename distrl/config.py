@@ -389,6 +389,9 @@ class TrainConfig:
         if self.run.fsdp and self.algo.optimizer != "adamw":
             raise ConfigError(f"--fsdp shards the optimizer state itself: use --optimizer adamw, not "
                               f"{self.algo.optimizer}")
+        if self.run.fsdp and self.algo.logprob_chunk_size:
+            raise ConfigError("--fsdp runs the whole model's forward (its hooks gather each layer): drop "
+                              "--logprob_chunk_size")
         if self.run.fsdp and (self.model.load_in_4bit or self.model.unsloth):
             raise ConfigError("--fsdp cannot shard a 4-bit or Unsloth model: drop --load_in_4bit/--unsloth "
                               "(or --fsdp, with --num_learners for data parallelism)")

@@ -15,6 +15,8 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
+BUCKET_MB = 64.0  # gradients travel in flat buckets of about this size (one collective each)
+
 
 def free_address() -> str:
     """host:port where this process can serve the group's rendezvous (rank 0 calls it)."""
@@ -32,13 +34,16 @@ def join(address: str, rank: int, world_size: int, device: torch.device, timeout
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, init_method=f"tcp://{address}", rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=timeout_s),
-                            **({"device_id": device} if device.type == "cuda" else {}))
+                            **({"device_id": torch.device("cuda", torch.cuda.current_device())}
+                               if device.type == "cuda" else {}))
 
 
-def cpu_group(device: torch.device) -> dist.ProcessGroup | None:
+def cpu_group(device: torch.device, timeout_s: float) -> dist.ProcessGroup | None:
     """A group for collectives on CPU tensors (CPUAdamW's state): the default one with gloo, a
-    gloo group beside nccl on GPU. Every rank must call this at the same point."""
-    return dist.new_group(backend="gloo") if device.type == "cuda" else None
+    gloo group beside nccl on GPU, with the same deadline. Every rank must call this at once."""
+    if device.type != "cuda":
+        return None
+    return dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
 
 
 def broadcast_params(params: list[torch.Tensor]) -> None:
@@ -61,14 +66,14 @@ def max_over_ranks(value: int, device: torch.device) -> int:
     return int(t.item())
 
 
-def sum_grads(params: list[torch.Tensor], bucket_mb: float = 64.0, group: dist.ProcessGroup | None = None) -> None:
-    """Sum every parameter's gradient over ranks in place, in flat buckets of about `bucket_mb`
+def sum_grads(params: list[torch.Tensor], group: dist.ProcessGroup | None = None) -> None:
+    """Sum every parameter's gradient over ranks in place, in flat buckets of about BUCKET_MB
     (one collective per bucket, not per tensor). A missing gradient counts as zero: a rank whose
     rows all had advantage 0 skipped autograd, and it must still take part."""
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    limit, buckets, size = int(bucket_mb * 2**20), [[]], 0
+    limit, buckets, size = int(BUCKET_MB * 2**20), [[]], 0
     for p in params:
         g = p.grad
         if buckets[-1] and (size + g.nbytes > limit or g.dtype != buckets[-1][0].dtype):

@@ -570,7 +570,7 @@ class Trainer:
             self._restore(self.setup.resume)
         # Version 0 (or the restored one) goes out too: generators never sample from weights the
         # learner does not hold.
-        self.weights_ref = self.learners.call("publish")[0]
+        self.weights_ref = self.learners.publish(self.cfg.run.timeout_s)
         self._sync(self.weights_ref, self.policy_version)
         evals = self.evals
         if self.setup.resume is None:

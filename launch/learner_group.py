@@ -33,39 +33,53 @@ class LearnerGroup:
         """Submit `method(*args)` to every rank; its refs, rank 0 first."""
         return [getattr(h, method).remote(*args) for h in self.handles]
 
-    def wait(self, refs: list[Any], timeout_s: float, what: str) -> list[Any]:
-        """Every rank's answer, or, as soon as one rank fails, that rank's error: a dead rank is
-        ActorLost even while the others still wait in a collective for it."""
+    def wait(self, refs: list[Any], timeout_s: float, what: str, first_rank: int = 0) -> list[Any]:
+        """Every rank's answer (`refs` from rank `first_rank` on), or, as soon as one rank fails,
+        that rank's error: a dead rank is ActorLost even while the others still wait in a
+        collective for it."""
+        names = self.names[first_rank:]
         pending, done = list(refs), {}
         deadline = time.monotonic() + timeout_s
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
             if not ready:
-                late = sorted(self.names[refs.index(r)] for r in pending)
+                late = sorted(names[refs.index(r)] for r in pending)
                 raise TimeoutError(f"{what}: no answer within {timeout_s:g}s from {', '.join(late)}")
             for ref in ready:
                 rank = refs.index(ref)
                 try:
                     done[rank] = ray.get(ref)
                 except ray.exceptions.RayActorError as e:
-                    raise ActorLost(self.names[rank], e) from e
+                    raise ActorLost(names[rank], e) from e
                 except ray.exceptions.RayTaskError as e:
                     # A collective failing on a live rank usually means a peer died: name the dead one.
-                    dead = self._dead(timeout_s=5.0)
+                    dead = self._dead(timeout_s=10.0)
                     if dead is not None:
                         raise ActorLost(dead[0], dead[1]) from e
                     raise
         return [done[r] for r in range(len(refs))]
 
     def _dead(self, timeout_s: float) -> tuple[str, Exception] | None:
-        for name, handle in zip(self.names, self.handles):
-            try:
-                ray.get(handle.ready.remote(), timeout=timeout_s)
-            except ray.exceptions.RayActorError as e:
-                return name, e
-            except ray.exceptions.GetTimeoutError:
-                continue
+        """The first rank found dead within `timeout_s`: all are asked at once; live ones stuck
+        in a collective simply do not answer."""
+        probes = [h.ready.remote() for h in self.handles]
+        pending, deadline = list(probes), time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            for ref in ready:
+                try:
+                    ray.get(ref)
+                except ray.exceptions.RayActorError as e:
+                    return self.names[probes.index(ref)], e
         return None
+
+    def publish(self, timeout_s: float) -> Any:
+        """Every rank publishes (with FSDP all take part in gathering); rank 0's weights ref. The
+        other ranks' answers are waited for, so their failure is theirs, not a failed sync."""
+        refs = self.call("publish")
+        if len(refs) > 1:
+            self.wait(refs[1:], timeout_s, "publishing weights", first_rank=1)
+        return refs[0]
 
     def run(self, method: str, *args: Any, timeout_s: float, what: str) -> Any:
         """`method` on every rank, waited for; rank 0's answer."""

@@ -79,7 +79,7 @@ class LearnerActor:
         0's weights are copied to every rank, or, with `fsdp`, the model is sharded over them."""
         parallel.join(address, rank, self.world_size, self.device, timeout_s)
         self.rank, self.fsdp = rank, fsdp
-        self.cpu_group = parallel.cpu_group(self.device)
+        self.cpu_group = parallel.cpu_group(self.device, timeout_s)
         if fsdp:
             parallel.fsdp_shard(self.model)
             self.params = trainable_parameters(self.model)  # now DTensors: this rank's shards
@@ -230,11 +230,13 @@ class LearnerActor:
         if bad:
             raise ValueError(f"non-finite values in {bad[0]} (and {len(bad) - 1} more tensors) at "
                              f"policy version {self.policy_version}: not checkpointed")
-        if self.fsdp or self.rank == 0:  # with FSDP every rank takes part in the gathering
+        if self.rank == 0:
             weights = {n: t.contiguous() for n, t in parallel.full_tensors(self.params)}
-            if self.rank == 0:
-                save_file(weights, os.path.join(folder, "policy.safetensors"))
+            save_file(weights, os.path.join(folder, "policy.safetensors"))
             del weights
+        elif self.fsdp:  # takes part in the gathering, keeps nothing
+            for _ in parallel.full_tensors(self.params):
+                pass
         if isinstance(self.optimizer, ShardedCPUAdamW):
             save_state(folder, f"optimizer-rank{self.rank}", self.optimizer.state_dict())
         elif self.fsdp:
@@ -260,20 +262,11 @@ class LearnerActor:
         from safetensors.torch import load_file
 
         check_safe(folder)
-        saved = load_file(os.path.join(folder, "policy.safetensors"))
-        if set(saved) != set(self.params):
-            missing, extra = set(self.params) - set(saved), set(saved) - set(self.params)
-            raise ValueError(f"checkpoint {folder} does not match this model's trainable tensors "
-                             f"(missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]}): same "
-                             "--model/--lora_rank/--lora_target_modules as the run that wrote it?")
         if self.fsdp:
-            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                                 set_optimizer_state_dict)
-
-            options = StateDictOptions(full_state_dict=True, strict=False)
-            set_model_state_dict(self.model, saved, options=options)
-            set_optimizer_state_dict(self.model, self.optimizer, load_state(folder, "optimizer"), options=options)
+            self._load_sharded(folder)
         else:
+            saved = load_file(os.path.join(folder, "policy.safetensors"))
+            self._check_names(folder, saved)
             with torch.no_grad():
                 for name, p in self.params.items():
                     p.copy_(saved[name])
@@ -285,6 +278,29 @@ class LearnerActor:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.policy_version = int(state["policy_version"])
         return self.policy_version
+
+    def _check_names(self, folder: str, saved: dict) -> None:
+        if set(saved) != set(self.params):
+            missing, extra = set(self.params) - set(saved), set(saved) - set(self.params)
+            raise ValueError(f"checkpoint {folder} does not match this model's trainable tensors "
+                             f"(missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]}): same "
+                             "--model/--lora_rank/--lora_target_modules as the run that wrote it?")
+
+    def _load_sharded(self, folder: str) -> None:
+        """FSDP: rank 0 reads the full weights and optimizer state and streams each rank its
+        shards, so a node holds one full copy on the CPU, not one per rank."""
+        from safetensors.torch import load_file
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                             set_optimizer_state_dict)
+
+        weights, optimizer = {}, {}
+        if self.rank == 0:
+            weights = load_file(os.path.join(folder, "policy.safetensors"))
+            self._check_names(folder, weights)
+            optimizer = load_state(folder, "optimizer")
+        options = StateDictOptions(full_state_dict=True, strict=False, broadcast_from_rank0=True)
+        set_model_state_dict(self.model, weights, options=options)
+        set_optimizer_state_dict(self.model, self.optimizer, optimizer, options=options)
 
     def save(self, path: str) -> str:
         """Write the current policy: a full model folder, or an adapter folder with LoRA (rank 0;

@@ -129,3 +129,16 @@ def test_lr_schedule_hook_and_non_finite_gradients_skip():
         _loss(model, _batches(1, seed=k)[0]).backward()
         opt.step()
         assert opt.lr == pytest.approx(1e-2 * 0.5 ** k)
+
+
+def test_gradients_cleared_after_a_skipped_step_never_reach_the_next_one():
+    """With gradient offload a backward's copies are still queued when the learner discards a
+    step (non-finite loss): zero_grad must drop them, not add them to the next step's."""
+    p = torch.nn.Parameter(torch.zeros(4, dtype=torch.bfloat16))  # a separate fp32 master: hooks run
+    opt = CPUAdamW([p], lr=0.1, grad_offload=True)
+    (p.float() * float("nan")).sum().backward()  # queued by the hook, not yet drained
+    opt.zero_grad()
+    (p.float() * torch.tensor([1.0, 2.0, 3.0, 4.0])).sum().backward()
+    norm = opt.step()
+    assert norm == pytest.approx(math.sqrt(30.0))  # only the second gradient: finite, not NaN
+    assert torch.isfinite(p.float()).all() and (p.float() < 0).all()

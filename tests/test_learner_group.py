@@ -12,6 +12,7 @@ import ray
 import torch
 
 from actors.generation_actor import GenerationActor
+from distrl import parallel
 from distrl.batch import split_by_tokens
 from distrl.config import AlgoConfig, ModelConfig
 from distrl.data.prompts import encode_prompt
@@ -39,6 +40,10 @@ def _group(model_dir: str, cfg: ModelConfig, algo: AlgoConfig, n: int, fsdp: boo
     return LearnerGroup(handles, fsdp)
 
 
+def _small_buckets(actor: LearnerActor) -> None:
+    parallel.BUCKET_MB = 0.004  # 4 KB: the tiny model's gradients travel in dozens of buckets
+
+
 def _batch(single: LearnerActor, generator: GenerationActor, step: int):
     """16 rollouts of different lengths from the current weights, with spread-out advantages."""
     generator.load_weights(single.publish())
@@ -62,6 +67,7 @@ def test_two_learners_match_one_learner_after_three_steps(ray_cluster, tiny_mode
     single = LearnerActor(tiny_model_dir, cfg, algo, temperature=1.0, torch_threads=1)
     generator = GenerationActor(tiny_model_dir, cfg, torch_threads=1)
     group = _group(tiny_model_dir, cfg, algo, 2, fsdp, sharding or "zero1")
+    ray.get([h.__ray_call__.remote(_small_buckets) for h in group.handles])  # many buckets, not one
     start = {n: p.detach().clone() for n, p in single.params.items()}
     for step in range(3):
         rollouts, adv = _batch(single, generator, step)

@@ -190,6 +190,10 @@ class CPUAdamW:
             _sync(d)
 
     def zero_grad(self) -> None:
+        # Copies still in flight (gradient offload) land first, or they would add stale (possibly
+        # non-finite) gradients to the next step after a skipped one.
+        for i in sorted(self._pending):
+            self._drain(i)
         for p, m, sep in zip(self.params, self.masters, self.separate):
             if sep:
                 m.grad.zero_()

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from distrl import parallel
 from distrl.optim.cpu_adamw import CPUAdamW
 
 SHARDINGS = ("zero1", "rank0")
@@ -64,24 +65,33 @@ class ShardedCPUAdamW:
         return [i for i, o in enumerate(self.owner) if o == r]
 
     def _reduce_grads(self) -> None:
-        """Each rank's gradients, summed onto their owners' CPU accumulators."""
+        """Each rank's gradients, summed onto their owners' CPU accumulators, in flat buckets of
+        about BUCKET_MB (one reduce each), so no rank copies more than a bucket at a time."""
         if self.local is not None:
             self.local._gather_grads()  # device grads (and offloaded copies) into the masters
+        limit = int(parallel.BUCKET_MB * 2**20)
         for r in range(self.world_size):
-            mine = self._indices(r)
-            if not mine:
-                continue
-            if r == self.rank:
-                grads = [self._owned_grad(self.params[i]) for i in mine]
-            else:
-                grads = [self._cpu_grad(self.params[i]) for i in mine]
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            dist.reduce(flat, dst=r, group=self.cpu_group)
-            if r == self.rank:
-                offset = 0
-                for g in grads:
-                    g.copy_(flat[offset: offset + g.numel()].view_as(g))
-                    offset += g.numel()
+            bucket: list[int] = []
+            for i in self._indices(r) + [None]:
+                if i is not None and (not bucket or 4 * (sum(self.params[j].numel() for j in bucket)
+                                                         + self.params[i].numel()) <= limit):
+                    bucket.append(i)
+                    continue
+                self._reduce_bucket(r, bucket)
+                bucket = [i] if i is not None else []
+
+    def _reduce_bucket(self, owner: int, indices: list[int]) -> None:
+        if not indices:
+            return
+        mine = owner == self.rank
+        grads = [self._owned_grad(self.params[i]) if mine else self._cpu_grad(self.params[i]) for i in indices]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.reduce(flat, dst=owner, group=self.cpu_group)
+        if mine:
+            offset = 0
+            for g in grads:
+                g.copy_(flat[offset: offset + g.numel()].view_as(g))
+                offset += g.numel()
 
     def _owned_grad(self, p: torch.Tensor) -> torch.Tensor:
         master = self._grad_of[id(p)]

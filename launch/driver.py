@@ -20,9 +20,7 @@ import torch
 from tqdm import tqdm
 
 from distrl import checkpoint
-from distrl.algorithms import compute_advantages, topk_indices
-from distrl.algorithms.shaping import (fill_with_informative, informative_groups, kl_reward_penalty,
-                                       overlong_penalty)
+from distrl.algorithms.shaping import fill_with_informative
 from distrl.checkpoint import Checkpoint
 from distrl.config import ConfigError, RunStopped, TrainConfig
 from distrl.data import PromptSampler
@@ -33,6 +31,7 @@ from distrl.rewards.pool import RewardPool, RewardStats
 from launch.calls import ActorLost, generator_lost, settle, wait
 from launch.cluster import Actors, check_resources, connect, create_actors
 from launch.learner_group import LearnerGroup
+from launch.learning_signal import learning_signal
 from launch.metrics import DashboardMetrics, ExtraLogs, MetricsLog, step_line, summary_lines
 from launch.preflight import Setup, check_tokenizers, preflight
 
@@ -453,47 +452,6 @@ class Trainer:
                        sum(x.tokens for x in rounds))
         return merged, used
 
-    def _learning_signal(self, rnd: Round) -> tuple[list[Rollout], list[float], list | None, dict]:
-        """Shape rewards (overlong penalty, KL in reward), compute advantages, and choose what the
-        learner trains on (--min_group_std, --topk, --positive_only); with reference log-probs."""
-        cfg, algo = self.cfg, self.cfg.algo
-        groups, scores = rnd.groups, rnd.rewards.clone()
-        extra: dict[str, float] = {}
-        if algo.overlong_buffer:
-            lengths = torch.tensor([[len(r.completion_ids) for r in g] for g in groups])
-            penalty = overlong_penalty(lengths, cfg.sampling.max_new_tokens, algo.overlong_buffer,
-                                       algo.overlong_penalty)
-            scores += penalty
-            extra["overlong_penalty_mean"] = float(penalty.mean())
-        ref_all = None
-        if algo.kl_in_reward:
-            flat = [r for g in groups for r in g]
-            ref_all = wait([self.actors.reference.logprobs.remote(flat)], ["distrl-reference"], cfg.run.timeout_s,
-                           "reference log-probs")[0]
-            penalty = kl_reward_penalty([r.logprobs for r in flat], ref_all, algo.beta, algo.kl_estimator)
-            scores -= penalty.view(len(groups), -1)
-            extra["kl_reward_penalty_mean"] = float(penalty.mean())
-        advantages = compute_advantages(algo.advantage_name, scores, algo.std_floor)
-        size = scores.shape[1]
-        informative = (informative_groups(scores, algo.min_group_std) if algo.min_group_std > 0
-                       else torch.ones(len(groups), dtype=torch.bool))
-        best = topk_indices(scores, algo.topk) if algo.topk else torch.arange(size).expand_as(scores)
-        pairs = [(p, j) for p in range(len(groups)) if informative[p] for j in best[p].tolist()
-                 if not algo.positive_only or advantages[p, j] > 0]
-        extra["rollouts_trained"] = len(pairs)
-        if not pairs:  # every rollout filtered out: measure (logprob_gap) but learn nothing
-            pairs = [(p, j) for p in range(len(groups)) for j in range(size)]
-            advantages = torch.zeros_like(advantages)
-        rollouts = [groups[p][j] for p, j in pairs]
-        adv = [float(advantages[p, j]) for p, j in pairs]
-        ref_lp = None
-        if ref_all is not None:
-            ref_lp = [ref_all[p * size + j] for p, j in pairs]
-        elif self.actors.reference is not None:
-            ref_lp = wait([self.actors.reference.logprobs.remote(rollouts)], ["distrl-reference"],
-                          cfg.run.timeout_s, "reference log-probs")[0]
-        return rollouts, adv, ref_lp, extra
-
     def step(self, step: int) -> dict:
         cfg, t0 = self.cfg, time.perf_counter()
         self._launch_ahead(step)
@@ -511,7 +469,7 @@ class Trainer:
                                 "policy_version": groups[p][0].policy_version,
                                 "completion": self.tokenizer.decode(groups[p][0].completion_ids,
                                                                     skip_special_tokens=True)})
-        rollouts, adv, ref_lp, extra = self._learning_signal(rnd)
+        rollouts, adv, ref_lp, extra = learning_signal(self.cfg, rnd.groups, rnd.rewards, self.actors.reference)
         t_ref = time.perf_counter()
         metrics_refs, weights_ref = self.learners.step(rollouts, adv, ref_lp)
         if cfg.run.pipeline_depth and step < cfg.run.max_steps:  # queued behind this update

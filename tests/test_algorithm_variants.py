@@ -108,14 +108,11 @@ def test_dynamic_sampling_fills_the_batch_and_stops_at_the_cap():
 
 
 def test_min_group_std_and_positive_only_choose_what_the_learner_sees():
-    from launch.driver import Round, Trainer
+    from launch.learning_signal import learning_signal
 
-    trainer = Trainer.__new__(Trainer)  # only the pure part of the driver: no actors needed
-    trainer.cfg = TrainConfig(algo=AlgoConfig(min_group_std=0.1, positive_only=True), run=RunConfig())
-    trainer.actors = type("NoReference", (), {"reference": None})()
+    cfg = TrainConfig(algo=AlgoConfig(min_group_std=0.1, positive_only=True), run=RunConfig())
     groups = [[Rollout([1], [2, i], [-1.0, -1.0], "stop", 0) for i in range(4)] for _ in range(2)]
     rewards = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.52, 0.5, 0.5, 0.5]])  # group 1: std 0.01
-    rnd = Round(groups, [{}, {}], rewards, 0, 0, [0] * 8, 0.0, 0.0, 0.0, 0)
-    rollouts, adv, ref, extra = trainer._learning_signal(rnd)
+    rollouts, adv, ref, extra = learning_signal(cfg, groups, rewards, reference=None)
     assert rollouts == [groups[0][0]] and adv == [pytest.approx(1.5)] and extra["rollouts_trained"] == 1
     assert informative_groups(rewards, 0.1).tolist() == [True, False]

@@ -64,3 +64,17 @@ def test_fsdp_group_trains_publishes_checkpoints_and_resumes(tiny_model_dir, tmp
     assert "step 2, policy version 2" in out
     steps = metrics(tmp_path / "run")[1:]
     assert [m["step"] for m in steps] == [1, 2, 3] and steps[-1]["logprob_gap"] < 1e-4
+
+
+def test_auto_resume_recreates_the_whole_group_after_a_rank_dies(tiny_model_dir, tmp_path):
+    args = _group_args(tiny_model_dir, tmp_path, "--max_steps", "4", "--save_every", "2", "--auto_resume")
+    run = Run(args, gate=tmp_path / "gate", gate_step=3)
+    run.wait_at_gate()
+    os.kill(actor_pid(tmp_path / "run", "distrl-learner-1"), signal.SIGKILL)
+    run.release()
+    code, out, err = run.finish()
+    assert code == 0, err[-3000:]
+    assert "distrl-learner-1 died" in err and "--auto_resume: restarting every actor from" in err
+    steps = metrics(tmp_path / "run")[1:]
+    assert [m["step"] for m in steps] == [1, 2, 3, 4] and [m["policy_version"] for m in steps] == [1, 2, 3, 4]
+    assert all(m["logprob_gap"] < 1e-4 for m in steps)  # the new group published the restored weights

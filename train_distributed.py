@@ -17,7 +17,7 @@ from distrl.config import ConfigError, RunStopped, parse_args
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg = parse_args(argv)
-        from launch.driver import run  # imports ray; --help and flag errors stay fast without it
+        from launch.run import run  # imports ray; --help and flag errors stay fast without it
 
         run(cfg)
     except ConfigError as e:

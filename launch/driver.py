@@ -29,11 +29,11 @@ from distrl.generation import Rollout, SamplingParams
 from distrl.plot import draw as draw_plots
 from distrl.rewards.pool import RewardPool, RewardStats
 from launch.calls import ActorLost, generator_lost, settle, wait
-from launch.cluster import Actors, check_resources, connect, create_actors
+from launch.cluster import Actors
 from launch.learner_group import LearnerGroup
 from launch.learning_signal import learning_signal
-from launch.metrics import DashboardMetrics, ExtraLogs, MetricsLog, step_line, summary_lines
-from launch.preflight import Setup, check_tokenizers, preflight
+from launch.metrics import DashboardMetrics, ExtraLogs, MetricsLog, step_line
+from launch.preflight import Setup, check_tokenizers
 
 
 @dataclasses.dataclass
@@ -582,50 +582,3 @@ class Trainer:
                 train_minutes=(time.perf_counter() - started) / 60)
         return summary
 
-
-def run(cfg: TrainConfig) -> dict:
-    """Train as configured; returns the summary it also prints. ConfigError on bad input;
-    RunStopped when an actor is lost for good (naming it and the checkpoint to resume from)."""
-    setup = preflight(cfg)
-    connect(cfg)
-    resumes = 0
-    try:
-        check_resources(cfg, ray.available_resources())
-        while True:
-            actors = None
-            try:
-                actors = create_actors(cfg, setup.model_path)
-                check_tokenizers(setup.tokenizer, actors.info)
-                trainer = Trainer(cfg, setup, actors)
-                try:
-                    summary = trainer.train()
-                finally:
-                    trainer.close()
-                break
-            except ActorLost as e:
-                last = checkpoint.latest(setup.checkpoint_root)
-                if cfg.run.auto_resume and last is not None and resumes < cfg.run.max_auto_resumes:
-                    resumes += 1
-                    print(f"warning: {e}; --auto_resume: restarting every actor from {last.path} "
-                          f"({resumes}/{cfg.run.max_auto_resumes})", file=sys.stderr, flush=True)
-                    setup = dataclasses.replace(setup, resume=last)
-                    continue
-                how = (f"resume with --resume {last.path}" if last is not None else
-                       "no checkpoint was written yet (see --save_every): start again")
-                raise RunStopped(f"{e}; {how}") from e
-            finally:
-                if actors is not None:
-                    stop_actors(actors)
-        for line in summary_lines(summary):
-            print(line, flush=True)
-        return summary
-    finally:
-        ray.shutdown()
-
-
-def stop_actors(actors: Actors) -> None:
-    for handle in [*(actors.learners or [actors.learner]), *actors.generators, actors.reference]:
-        if handle is not None:
-            ray.kill(handle, no_restart=True)
-    if actors.placement_group is not None:
-        ray.util.remove_placement_group(actors.placement_group)

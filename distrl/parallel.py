@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 import socket
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -66,30 +66,42 @@ def max_over_ranks(value: int, device: torch.device) -> int:
     return int(t.item())
 
 
+def buckets(nbytes: list[int], kinds: list[Any] | None = None) -> list[list[int]]:
+    """Consecutive indices grouped into buckets of at most BUCKET_MB (a larger tensor goes alone),
+    a new bucket wherever `kinds` (e.g. dtypes) changes: one flat collective per bucket."""
+    limit, out, size = int(BUCKET_MB * 2**20), [], 0
+    for i, n in enumerate(nbytes):
+        if not out or size + n > limit or (kinds is not None and kinds[i] != kinds[out[-1][0]]):
+            out.append([])
+            size = 0
+        out[-1].append(i)
+        size += n
+    return out
+
+
+def through_flat(tensors: list[torch.Tensor], collective: Callable[[torch.Tensor], Any],
+                 write_back: bool = True) -> None:
+    """Run `collective` on the tensors concatenated into one flat buffer (same dtype and device)
+    and, with `write_back`, copy the result back into them."""
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    collective(flat)
+    if write_back:
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset: offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+
 def sum_grads(params: list[torch.Tensor], group: dist.ProcessGroup | None = None) -> None:
-    """Sum every parameter's gradient over ranks in place, in flat buckets of about BUCKET_MB
-    (one collective per bucket, not per tensor). A missing gradient counts as zero: a rank whose
-    rows all had advantage 0 skipped autograd, and it must still take part."""
+    """Sum every parameter's gradient over ranks in place, in flat buckets (one collective per
+    bucket, not per tensor). A missing gradient counts as zero: a rank whose rows all had
+    advantage 0 skipped autograd, and it must still take part."""
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    limit, buckets, size = int(BUCKET_MB * 2**20), [[]], 0
-    for p in params:
-        g = p.grad
-        if buckets[-1] and (size + g.nbytes > limit or g.dtype != buckets[-1][0].dtype):
-            buckets.append([])
-            size = 0
-        buckets[-1].append(g)
-        size += g.nbytes
-    for bucket in buckets:
-        if not bucket:
-            continue
-        flat = torch.cat([g.reshape(-1) for g in bucket])
-        dist.all_reduce(flat, group=group)
-        offset = 0
-        for g in bucket:
-            g.copy_(flat[offset: offset + g.numel()].view_as(g))
-            offset += g.numel()
+    grads = [p.grad for p in params]
+    for bucket in buckets([g.nbytes for g in grads], [g.dtype for g in grads]):
+        through_flat([grads[i] for i in bucket], lambda flat: dist.all_reduce(flat, group=group))
 
 
 def checksum(params: list[torch.Tensor]) -> tuple[float, float]:

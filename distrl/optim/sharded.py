@@ -65,33 +65,17 @@ class ShardedCPUAdamW:
         return [i for i, o in enumerate(self.owner) if o == r]
 
     def _reduce_grads(self) -> None:
-        """Each rank's gradients, summed onto their owners' CPU accumulators, in flat buckets of
-        about BUCKET_MB (one reduce each), so no rank copies more than a bucket at a time."""
+        """Each rank's gradients, summed onto their owners' CPU accumulators, in flat buckets
+        (one reduce each), so no rank copies more than a bucket at a time."""
         if self.local is not None:
             self.local._gather_grads()  # device grads (and offloaded copies) into the masters
-        limit = int(parallel.BUCKET_MB * 2**20)
         for r in range(self.world_size):
-            bucket: list[int] = []
-            for i in self._indices(r) + [None]:
-                if i is not None and (not bucket or 4 * (sum(self.params[j].numel() for j in bucket)
-                                                         + self.params[i].numel()) <= limit):
-                    bucket.append(i)
-                    continue
-                self._reduce_bucket(r, bucket)
-                bucket = [i] if i is not None else []
-
-    def _reduce_bucket(self, owner: int, indices: list[int]) -> None:
-        if not indices:
-            return
-        mine = owner == self.rank
-        grads = [self._owned_grad(self.params[i]) if mine else self._cpu_grad(self.params[i]) for i in indices]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.reduce(flat, dst=owner, group=self.cpu_group)
-        if mine:
-            offset = 0
-            for g in grads:
-                g.copy_(flat[offset: offset + g.numel()].view_as(g))
-                offset += g.numel()
+            mine = self._indices(r)
+            for bucket in parallel.buckets([4 * self.params[i].numel() for i in mine]):  # as fp32
+                params = [self.params[mine[j]] for j in bucket]
+                grads = [self._owned_grad(p) for p in params] if r == self.rank else [self._cpu_grad(p) for p in params]
+                parallel.through_flat(grads, lambda flat, r=r: dist.reduce(flat, dst=r, group=self.cpu_group),
+                                      write_back=r == self.rank)
 
     def _owned_grad(self, p: torch.Tensor) -> torch.Tensor:
         master = self._grad_of[id(p)]
@@ -112,15 +96,9 @@ class ShardedCPUAdamW:
         with torch.no_grad():
             for r in range(self.world_size):
                 mine = [self.params[i] for i in self._indices(r)]
-                for dtype in sorted({str(p.dtype) for p in mine}):
-                    group = [p for p in mine if str(p.dtype) == dtype]
-                    flat = torch.cat([p.detach().reshape(-1) for p in group])
-                    dist.broadcast(flat, src=r)
-                    if r != self.rank:
-                        offset = 0
-                        for p in group:
-                            p.copy_(flat[offset: offset + p.numel()].view_as(p))
-                            offset += p.numel()
+                for bucket in parallel.buckets([p.nbytes for p in mine], [p.dtype for p in mine]):
+                    parallel.through_flat([mine[j] for j in bucket], lambda flat, r=r: dist.broadcast(flat, src=r),
+                                          write_back=r != self.rank)
 
     def step(self) -> float:
         """Reduce, update the owned shard, broadcast; the global gradient norm before clipping

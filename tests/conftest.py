@@ -55,3 +55,9 @@ def tiny_model_dir(tmp_path_factory) -> str:
 def tiny_model_dir_64(tmp_path_factory) -> str:
     """Hidden size 64: bitsandbytes' CPU 4-bit kernels quantize rows in blocks of 64."""
     return build_tiny_model(str(tmp_path_factory.mktemp("tiny-llama-64")), hidden=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir_vllm(tmp_path_factory) -> str:
+    """Head size 64: one the CPU build of vLLM's attention kernels take (8 is not)."""
+    return build_tiny_model(str(tmp_path_factory.mktemp("tiny-llama-vllm")), head_dim=64)

@@ -51,8 +51,15 @@ def test_topk_larger_than_num_candidates():
     assert_one_line_error(cli("--topk", "5", "--num_candidates", "4"), "--topk 5 is larger than --num_candidates 4")
 
 
-def test_vllm_backend_is_refused_clearly():
-    assert_one_line_error(cli("--backend", "vllm"), "--backend vllm is not available")
+def test_what_the_cpu_vllm_engine_cannot_do_is_refused_before_anything_starts(tiny_model_dir):
+    assert_one_line_error(cli("--backend", "vllm", "--colocate", "--number_of_actors", "1", "--batch_size", "3"),
+                          "vLLM has no sleep mode on CPU", "drop --colocate")
+    assert_one_line_error(cli("--backend", "vllm", "--gpus_per_actor", "2"),
+                          "--gpus_per_actor 2 is tensor parallelism over GPUs", "--number_of_actors")
+    assert_one_line_error(cli("--backend", "vllm", "--load_in_4bit", "--lora_rank", "4"),
+                          "--load_in_4bit with --backend vllm on CPU", "use --backend hf")
+    assert_one_line_error(cli("--backend", "vllm", "--model", tiny_model_dir),
+                          "this model's head size 8 is not one the CPU attention kernels take", "use --backend hf")
 
 
 def test_unknown_learner_lists_choices():

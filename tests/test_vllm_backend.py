@@ -1,15 +1,12 @@
-"""The vLLM backend's own logic on CPU, with an in-process stand-in for the `vllm` package.
+"""The vLLM backend's GPU-only branches, with an in-process stand-in for the `vllm` package, and
+the conversion of vLLM-shaped outputs into rollouts.
 
-What this proves: our conversion of vLLM-shaped outputs into rollouts (grouping of n candidates,
-sampled-token log-probs, finish reasons), the order of calls we make on `vllm.LLM` for a weight
-update (start / update / finish with our version / prefix-cache reset, colocated wake-ups in the
-order weights -> load -> KV cache), LoRA adapter ids advancing per version and old adapters
-being removed and their folders deleted, and the sampling parameters we ask for.
-
-What it does NOT prove: that real vLLM accepts these calls at run time, that its workers import
-our engine and read the object store, that `load_weights` takes our names, or that its
-log-probs match the learner's. tools/check_vllm_api.py checks names and keywords against the
-pinned wheel; tests/gpu/ runs the real thing where a GPU and vllm exist.
+The real engine runs on CPU in every test run (tests/test_vllm_cpu.py: generation, log-probs,
+full and LoRA weight updates, the CLI end to end). What only a GPU has cannot run here, so a
+stand-in records our calls for it: the colocated sleep/wake order (weights -> load -> KV cache;
+the CPU build has no sleep mode), and the tensor-parallel Ray executor (several GPUs per
+engine). tools/check_vllm_api.py checks the names we call against both wheels; tests/gpu runs the
+GPU wheel for real where a GPU exists.
 """
 
 from __future__ import annotations
@@ -176,15 +173,18 @@ def fake_vllm(monkeypatch):
     monkeypatch.delitem(sys.modules, "distrl.generation.vllm_engine", raising=False)
     FakeLLM.instances.clear()
     yield FakeLLM
+    sys.modules.pop("distrl.generation.vllm_engine", None)  # built on the stand-in: import it anew
 
 
-def test_full_weights_go_through_vllms_update_api_in_order(fake_vllm, tmp_path):
+def test_colocated_gpu_engine_sleeps_and_wakes_around_a_full_update(fake_vllm, tmp_path, monkeypatch):
     import ray
 
     from distrl.generation.vllm import VLLMBackend
 
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the GPU branch
     backend = VLLMBackend("/models/m", ModelConfig(model="/models/m"), colocate=True, adapter_root=str(tmp_path))
     llm = fake_vllm.instances[0]
+    assert llm.kwargs["gpu_memory_utilization"] == 0.85 and "kv_cache_memory_bytes" not in llm.kwargs
     assert FakeFactory.registered[0] == llm.kwargs["weight_transfer_config"].backend == "distrl_object_store"
     assert llm.kwargs["logprobs_mode"] == "processed_logprobs" and llm.kwargs["enable_prefix_caching"]
     assert llm.kwargs["distributed_executor_backend"] == "uni" and llm.kwargs["enable_sleep_mode"]
@@ -210,45 +210,6 @@ def test_full_weights_go_through_vllms_update_api_in_order(fake_vllm, tmp_path):
     assert llm.get_weight_version() == "4"
 
 
-def test_each_lora_version_is_a_new_adapter_and_the_old_one_is_dropped(fake_vllm, tmp_path):
-    from distrl.generation.vllm import VLLMBackend
-
-    cfg = ModelConfig(model="/models/m", lora_rank=4, lora_alpha=8)
-    backend = VLLMBackend("/models/m", cfg, adapter_root=str(tmp_path))
-    llm = fake_vllm.instances[0]
-    assert llm.kwargs["enable_lora"] and llm.kwargs["max_lora_rank"] == 8
-    assert "weight_transfer_config" not in llm.kwargs  # only the adapter travels
-    adapter = {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight": torch.ones(4, 8),
-               "base_model.model.model.layers.0.self_attn.q_proj.lora_B.default.weight": torch.zeros(8, 4)}
-    for version in (0, 1, 2):
-        assert backend.load_weights(pack(adapter, policy_version=version)) == version
-        backend.generate([[1]], SamplingParams(n=1), policy_version=version)
-    adds = [c for c in llm.calls if c[0] == "add_lora"]
-    assert [(c[1], c[2]) for c in adds] == [(1, "policy-v0"), (2, "policy-v1"), (3, "policy-v2")]
-    assert [c for c in llm.calls if c[0] == "remove_lora"] == [("remove_lora", 1), ("remove_lora", 2)]
-    assert [c[1] for c in llm.calls if c[0] == "generate"] == ["policy-v0", "policy-v1", "policy-v2"]
-    assert llm.llm_engine.loras == {3}
-    assert sorted(os.listdir(backend.adapters.root)) == ["v2"]  # old folders deleted
-    import json
-
-    with open(os.path.join(backend.adapters.root, "v2", "adapter_config.json")) as f:
-        config = json.load(f)
-    assert (config["r"], config["lora_alpha"], config["target_modules"]) == (4, 8, ["q_proj"])
-    from safetensors.torch import load_file
-
-    saved = load_file(os.path.join(backend.adapters.root, "v2", "adapter_model.safetensors"))
-    assert sorted(saved) == ["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
-                             "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"]
-
-
-def test_top_p_below_one_is_refused_by_the_backend(fake_vllm, tmp_path):
-    from distrl.generation.vllm import VLLMBackend
-
-    backend = VLLMBackend("/models/m", ModelConfig(model="/models/m"), adapter_root=str(tmp_path))
-    with pytest.raises(ValueError, match="--top_p 1.0"):
-        backend.generate([[1]], SamplingParams(n=1, top_p=0.9), policy_version=0)
-
-
 def test_adapter_targets_are_read_off_the_tensor_names():
     assert adapter_targets({"a.q_proj.lora_A.default.weight": 0, "a.v_proj.lora_B.default.weight": 0,
                             "a.q_proj.lora_B.default.weight": 0}) == ["q_proj", "v_proj"]
@@ -257,3 +218,12 @@ def test_adapter_targets_are_read_off_the_tensor_names():
 def test_adapter_versions_ids_start_at_one(tmp_path):
     versions = AdapterVersions(str(tmp_path))
     assert versions.add(0, {"x.lora_A.default.weight": torch.ones(1)}, {"r": 1})[1] == 1
+
+
+def test_tensor_parallel_engine_runs_its_workers_as_ray_actors(fake_vllm, tmp_path, monkeypatch):
+    from distrl.generation.vllm import VLLMBackend
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    VLLMBackend("/models/m", ModelConfig(model="/models/m"), tensor_parallel_size=2, adapter_root=str(tmp_path))
+    kwargs = fake_vllm.instances[0].kwargs
+    assert kwargs["tensor_parallel_size"] == 2 and kwargs["distributed_executor_backend"] == "ray"

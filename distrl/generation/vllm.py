@@ -103,29 +103,48 @@ class AdapterVersions:
 class VLLMBackend:
     def __init__(self, model_path: str, model_cfg: Any, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.85, max_model_len: int = 0, seed: int = 0,
-                 colocate: bool = False, adapter_root: str = "/dev/shm/distrl-adapters") -> None:
+                 colocate: bool = False, adapter_root: str = "/dev/shm/distrl-adapters",
+                 kv_cache_gb: float = 1.0, torch_threads: int = 1, enforce_eager: bool = True) -> None:
+        """`kv_cache_gb`: the KV cache's size on CPU (there `gpu_memory_utilization` would be a
+        fraction of the machine's RAM per engine). `torch_threads`: the engine's threads on CPU.
+        `enforce_eager`: no torch.compile of the model (CPU: compiling costs more than a short run
+        gains; bench/generation.py)."""
+        import torch
+
+        # The engine core runs in this process, so its workers (`uni`) are this Ray worker and
+        # read the object store; with vLLM's default, a child process that is no Ray worker would
+        # run them (on GPU as on CPU). Read when the LLM is built, not at import.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
         from vllm.config import WeightTransferConfig
 
         import distrl.generation.vllm_engine as engine  # registers the engine in this process too
+        from distrl.models import resolve_dtype
 
         self.lora = model_cfg.lora_rank > 0
         self.colocate = colocate
-        from distrl.models import resolve_dtype
-
-        # The learner's dtype, so both sides compute the same numerics (vLLM's "auto" would take
-        # the checkpoint's, e.g. bf16 under an fp32 learner).
-        dtype = str(resolve_dtype(model_cfg.dtype, "cuda", lora=model_cfg.lora_rank > 0)).removeprefix("torch.")
+        self.cpu = not torch.cuda.is_available()
+        # The learner's dtype on this device, so both sides compute the same numerics (vLLM's
+        # "auto" would take the checkpoint's, e.g. bf16 under an fp32 learner).
+        device = "cpu" if self.cpu else "cuda"
+        dtype = str(resolve_dtype(model_cfg.dtype, device, lora=self.lora)).removeprefix("torch.")
         kwargs: dict[str, Any] = dict(
-            tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
-            dtype=dtype, seed=seed,
+            tensor_parallel_size=tensor_parallel_size, dtype=dtype, seed=seed,
             trust_remote_code=model_cfg.trust_remote_code, enable_prefix_caching=True,
             logprobs_mode="processed_logprobs", max_logprobs=0,
             worker_extension_cls=WORKER_EXTENSION,
-            # Workers must be Ray workers to read the object store: in-process on one GPU,
+            # Workers must be Ray workers to read the object store: in-process on one device,
             # Ray actors of this job for tensor parallelism.
             distributed_executor_backend="ray" if tensor_parallel_size > 1 else "uni",
             enable_sleep_mode=colocate)
+        if self.cpu:
+            # Chunked prefill off: a prompt split over two scheduler steps makes vLLM rewind the
+            # request's seeded generator, which CPU generators cannot do ("CPU Generator does not
+            # use offset"); every rollout is seeded, so a big enough batch would crash.
+            kwargs.update(kv_cache_memory_bytes=int(kv_cache_gb * 2**30), enforce_eager=enforce_eager,
+                          enable_chunked_prefill=False, max_num_batched_tokens=max(max_model_len or 8192, 2048))
+        else:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
         if model_cfg.load_in_4bit:
@@ -136,11 +155,22 @@ class VLLMBackend:
             self.adapter_config = _adapter_config(model_path, model_cfg)
         else:
             kwargs["weight_transfer_config"] = WeightTransferConfig(backend=engine.ENGINE_NAME)
+        set_num_threads = torch.set_num_threads
         self.llm = LLM(model_path, **kwargs)
+        if self.cpu:
+            # vLLM's CPU worker replaces torch.set_num_threads process-wide with a no-op and
+            # drops to 1 thread; this actor's thread budget is ours to set.
+            torch.set_num_threads = set_num_threads
+            torch.set_num_threads(max(1, torch_threads))
         if not self.lora:
             self.llm.init_weight_transfer_engine({"init_info": {}})
         self.lora_request = None
         self.asleep = False
+
+    def close(self) -> None:
+        """Shut the engine down now. An in-process engine shares vLLM's global parallel state;
+        one collected later would tear it down under the next engine built in this process."""
+        self.llm.llm_engine.engine_core.shutdown()
 
     # -- weights ----------------------------------------------------------------------
     def load_weights(self, packed: PackedWeights, ref: Any = None) -> int:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import ray
 import ray.cloudpickle
+import torch
 from vllm.distributed.weight_transfer.base import (WeightTransferEngine, WeightTransferInitInfo,
                                                    WeightTransferUpdateInfo)
 from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
@@ -76,9 +77,32 @@ class DistrlObjectStoreEngine(WeightTransferEngine[DistrlInitInfo, DistrlUpdateI
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 
         finalize_layerwise_reload(self.model, self.model_config)
+        refresh_cpu_packed_weights(self.model)
 
     def shutdown(self) -> None:
         pass
+
+
+def refresh_cpu_packed_weights(model) -> int:
+    """Repack the CPU GEMM copy of every layer that keeps its weight beside the packed copy.
+
+    On CPU, vLLM multiplies with a separately packed copy of each weight, built once after
+    loading. A layerwise reload rebuilds it only for layers that received a tensor. A tied output
+    head (SmolLM2, Llama-3.2, Qwen2.5-0.5B) receives none: its weight is the embedding's, loaded
+    under the embedding's name. The head would go on scoring with the old weights, a silent half
+    sync. Linear layers drop their plain weight once packed (numel 0) and are rebuilt by the reload,
+    so only layers that still hold a 2-D weight (embeddings, heads) are repacked here. On GPU no
+    layer has `cpu_linear`: nothing to do. Returns the number of layers repacked."""
+    from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+
+    repacked = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if hasattr(module, "cpu_linear") and isinstance(weight, torch.Tensor) and weight.ndim == 2 \
+                and weight.numel() > 0 and not weight.is_meta:
+            dispatch_cpu_unquantized_gemm(module, remove_weight=False)
+            repacked += 1
+    return repacked
 
 
 class DistrlWorkerExtension:

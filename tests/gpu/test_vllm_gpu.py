@@ -7,10 +7,12 @@ requirements-gpu.txt`:  pytest -q tests/gpu
 from __future__ import annotations
 
 import pytest
+import torch
 
 from distrl.generation.base import vllm_missing
 
-pytestmark = pytest.mark.skipif(bool(vllm_missing()), reason=vllm_missing() or "vllm and a GPU present")
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or bool(vllm_missing()),
+                                reason=vllm_missing() or "needs a CUDA GPU (tests/test_vllm_cpu.py runs the CPU engine)")
 
 
 @pytest.fixture(scope="module")

@@ -141,7 +141,10 @@ def test_model_generation_config_does_not_change_sampling(tmp_path, tiny_model_d
 
     penalised = str(tmp_path / "penalised")
     shutil.copytree(tiny_model_dir, penalised)
-    GenerationConfig.from_pretrained(penalised, repetition_penalty=5.0, min_p=0.5).save_pretrained(penalised)
+    # do_sample=True: transformers refuses to save sampling-only flags without it, and models that
+    # ship such flags ship it too.
+    GenerationConfig.from_pretrained(penalised, do_sample=True, repetition_penalty=5.0,
+                                     min_p=0.5).save_pretrained(penalised)
     outputs = []
     for folder in (tiny_model_dir, penalised):
         _, generator = _pair(folder)

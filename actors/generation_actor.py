@@ -21,11 +21,12 @@ class GenerationActor:
     def __init__(self, model_path: str, model_cfg: ModelConfig, backend: str = "hf",
                  seed: int = 0, torch_threads: int = 1, vllm_options: dict | None = None) -> None:
         """`vllm_options`: VLLMBackend keywords (tensor_parallel_size, gpu_memory_utilization,
-        max_model_len, colocate, kv_cache_gb, torch_threads) when the backend resolves to vllm."""
+        max_model_len, colocate, kv_cache_gb, torch_threads, device) when the backend resolves to vllm."""
         torch.set_num_threads(max(1, torch_threads))
         self.device = pick_device()
         dtype = str(resolve_dtype(model_cfg.dtype, self.device, lora=model_cfg.lora_rank > 0)).removeprefix("torch.")
-        self.kind = resolve_backend(backend, model_path, dtype)
+        device = (vllm_options or {}).get("device", "")
+        self.kind = resolve_backend(backend, model_path, dtype, model_cfg.lora_rank > 0, device)
         if self.kind == "vllm":
             from distrl.generation.vllm import VLLMBackend
 

@@ -17,8 +17,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.generation_actor import GenerationActor
 from distrl.config import ConfigError, TrainConfig
-from distrl.generation import resolve_backend
-from distrl.generation.base import model_shape
+from distrl.generation.base import model_shape, vllm_device
 from learners.learner_actor import LearnerActor
 from learners.reference_actor import ReferenceActor
 
@@ -62,9 +61,7 @@ def connect(cfg: TrainConfig) -> None:
 
 def vllm_on_gpu(cfg: TrainConfig) -> bool:
     """The generators are vLLM engines on GPUs (the CPU build reserves CPUs like any actor)."""
-    import torch
-
-    return resolve_backend(cfg.run.backend) == "vllm" and torch.cuda.is_available()
+    return cfg.run.backend == "vllm" and vllm_device(cfg.run.num_gpus_per_actor) == "cuda"
 
 
 def generator_gpus(cfg: TrainConfig) -> float:
@@ -135,6 +132,17 @@ def check_resources(cfg: TrainConfig, available: dict[str, float]) -> None:
             "or --num_cpus_per_actor/--num_gpus_per_actor, or add nodes")
 
 
+def engine_max_len(cfg: TrainConfig, model_path: str) -> int:
+    """A vLLM engine's longest sequence: --max_model_len, else the longest prompt any generator
+    gets (training prompts are dropped or refused over --max_prompt_tokens, held-out ones left out
+    in preflight) plus the completion budget, within the model's position limit."""
+    if cfg.run.max_model_len or cfg.run.backend != "vllm":
+        return cfg.run.max_model_len
+    need = cfg.data.max_prompt_tokens + cfg.sampling.max_new_tokens
+    limit = model_shape(model_path, cfg.model.trust_remote_code)["max_len"]
+    return min(need, limit) if limit else need
+
+
 def create_actors(cfg: TrainConfig, model_path: str) -> Actors:
     """Named actors (distrl-learner[-r], distrl-generator-i, distrl-reference), each in its bundle
     of one placement group, all started; learner ranks joined into one process group."""
@@ -151,11 +159,8 @@ def create_actors(cfg: TrainConfig, model_path: str) -> Actors:
         model_path, cfg.model, cfg.algo, cfg.sampling.temperature, ref_mode=cfg.ref_mode,
         seed=run.seed, torch_threads=run.torch_threads, max_staleness=run.async_staleness,
         max_new_tokens=cfg.sampling.max_new_tokens, world_size=n) for r, name in enumerate(learner_names(n))]
-    # No prompt longer than --max_prompt_tokens reaches a generator (dropped or refused).
-    max_model_len = run.max_model_len or min(cfg.data.max_prompt_tokens + cfg.sampling.max_new_tokens,
-                                             model_shape(model_path)["max_len"] or 1 << 30)
     vllm = dict(tensor_parallel_size=run.gpus_per_actor, gpu_memory_utilization=run.gpu_memory_utilization,
-                max_model_len=max_model_len, colocate=run.colocate, kv_cache_gb=run.vllm_kv_cache_gb,
+                max_model_len=engine_max_len(cfg, model_path), device=vllm_device(run.num_gpus_per_actor), colocate=run.colocate, kv_cache_gb=run.vllm_kv_cache_gb,
                 torch_threads=run.torch_threads or 1)
     generators = [
         # Ray restarts a dead generator; the driver then reloads its weights and calls again

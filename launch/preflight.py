@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ from distrl.config import ConfigError, TrainConfig
 from distrl.data import load_splits
 from distrl.data.prompts import encode_prompt
 from distrl.generation import resolve_backend
+from distrl.generation.base import vllm_device
 from distrl.models import (check_quantizable, check_unsloth, load_tokenizer, resolve_model,
                            tokenizer_fingerprint)
 from distrl.rewards import load_reward
@@ -44,9 +46,10 @@ class Setup:
 
 def preflight(cfg: TrainConfig) -> Setup:
     """Resolve model, data and reward; raise ConfigError on bad input. Starts no actor."""
-    if cfg.run.backend == "vllm":
-        resolve_backend("vllm")  # refuses at once where vllm is not installed
-        check_vllm_flags(cfg)
+    if cfg.run.backend == "vllm":  # refused at once where it cannot run, before any loading
+        device = vllm_device(cfg.run.num_gpus_per_actor)
+        resolve_backend("vllm", device=device)
+        check_vllm_flags(cfg, device)
     import importlib.util
 
     for flag, package in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
@@ -68,6 +71,7 @@ def preflight(cfg: TrainConfig) -> Setup:
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     if cfg.data.long_prompts == "error":
         check_prompt_lengths(tokenizer, train_rows, cfg)
+    eval_rows = drop_long_eval_prompts(tokenizer, eval_rows, cfg)
     resume = find_resume(cfg)
     if resume is not None and not cfg.run.run_name:
         output_dir = resume.run_dir  # a resumed run goes on writing where it started
@@ -77,47 +81,69 @@ def preflight(cfg: TrainConfig) -> Setup:
 
 
 def choose_backend(cfg: TrainConfig, model_path: str) -> str:
-    """The generators' backend for this model (auto resolved and printed), with what it cannot do
-    refused: one line each, before any actor starts."""
-    import torch
-
+    """The generators' backend for this model, auto resolved and printed with its reason. An
+    explicit vllm is refused (one line) where it cannot serve this model; auto falls back to hf."""
     from distrl.generation.base import CPU_HEAD_SIZES, model_shape
     from distrl.models import resolve_dtype
 
-    dtype = str(resolve_dtype(cfg.model.dtype, "cpu", lora=cfg.model.lora_rank > 0)).removeprefix("torch.")
-    backend = resolve_backend(cfg.run.backend, model_path, dtype, verbose=True)
-    if backend != "vllm":
-        if cfg.run.colocate:
-            raise ConfigError("--colocate shares one GPU between the learner and a sleeping vLLM engine: it "
-                              "needs the vllm backend (vllm and a CUDA GPU); drop --colocate here")
-        return backend
-    check_vllm_flags(cfg)
-    if not torch.cuda.is_available() and os.path.isfile(os.path.join(model_path, "config.json")):
-        head_dim = model_shape(model_path)["head_dim"]
-        if head_dim not in CPU_HEAD_SIZES:
-            raise ConfigError(f"--backend vllm on CPU: this model's head size {head_dim} is not one the CPU "
-                              f"attention kernels take ({', '.join(map(str, CPU_HEAD_SIZES))}); use --backend hf")
+    device = vllm_device(cfg.run.num_gpus_per_actor)
+    lora = cfg.model.lora_rank > 0
+    dtype = str(resolve_dtype(cfg.model.dtype, device, lora=lora)).removeprefix("torch.")
+    auto = cfg.run.backend == "auto"
+    backend = resolve_backend(cfg.run.backend, model_path, dtype, lora, device, verbose=not auto)
+    if backend == "vllm":
+        try:
+            check_vllm_flags(cfg, device)
+            head_dim = model_shape(model_path, cfg.model.trust_remote_code)["head_dim"]
+            if device == "cpu" and head_dim is not None and head_dim not in CPU_HEAD_SIZES:
+                raise ConfigError(f"--backend vllm on CPU: this model's head size {head_dim} is not one the CPU "
+                                  f"attention kernels take ({', '.join(map(str, CPU_HEAD_SIZES))}); use --backend hf")
+        except ConfigError as e:
+            if not auto:
+                raise
+            print(f"backend auto: hf (vllm cannot run these flags: {e})", flush=True)
+            backend = "hf"
+        else:
+            if auto:
+                resolve_backend("auto", model_path, dtype, lora, device, verbose=True)
+    elif auto:
+        resolve_backend("auto", model_path, dtype, lora, device, verbose=True)
+    if backend != "vllm" and cfg.run.colocate:
+        raise ConfigError("--colocate shares one GPU between the learner and a sleeping vLLM engine: it "
+                          "needs the vllm backend (vllm and a CUDA GPU); drop --colocate here")
     return backend
 
 
-def check_vllm_flags(cfg: TrainConfig) -> None:
+def check_vllm_flags(cfg: TrainConfig, device: str) -> None:
     """What the vllm backend cannot do with these flags; on CPU, what the CPU engine cannot do."""
-    import torch
-
     if cfg.sampling.top_p < 1.0:
         raise ConfigError("--backend vllm reports log-probs of the top-p truncated distribution, not "
                           "the one the learner computes: use --top_p 1.0")
-    if torch.cuda.is_available():
+    if device != "cpu":
         return
     if cfg.run.colocate:
         raise ConfigError("--colocate shares one GPU between the learner and a sleeping vLLM engine, and vLLM "
                           "has no sleep mode on CPU: drop --colocate here")
     if cfg.run.gpus_per_actor > 1:
         raise ConfigError(f"--gpus_per_actor {cfg.run.gpus_per_actor} is tensor parallelism over GPUs, and "
-                          "this machine has none: drop it (more CPU engines: --number_of_actors)")
+                          "this run has none (--num_gpus_per_actor 0): drop it (more CPU engines: "
+                          "--number_of_actors)")
     if cfg.model.load_in_4bit:
         raise ConfigError("--load_in_4bit with --backend vllm on CPU: the CPU engine has no bitsandbytes "
                           "4-bit kernels; use --backend hf for QLoRA on CPU")
+
+
+def drop_long_eval_prompts(tokenizer: Any, rows: list[dict], cfg: TrainConfig) -> list[dict]:
+    """Held-out prompts over --max_prompt_tokens are left out of evaluation, with a warning: no
+    generator is sized for them (a vLLM engine's max_model_len is built from that limit)."""
+    limit = cfg.data.max_prompt_tokens
+    kept = [row for row in rows if len(encode_prompt(tokenizer, row["prompt"], cfg.data.system_prompt)) <= limit]
+    if len(kept) < len(rows):
+        print(f"warning: {len(rows) - len(kept)} held-out prompts are longer than --max_prompt_tokens "
+              f"{limit} and are left out of evaluation", file=sys.stderr, flush=True)
+    if rows and not kept:
+        raise ConfigError(f"every held-out prompt is longer than --max_prompt_tokens {limit}: raise it")
+    return kept
 
 
 # What the learner's saved state depends on: a checkpoint only loads into the same shapes.

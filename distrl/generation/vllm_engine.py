@@ -8,8 +8,8 @@ ours when it is imported, and the backend names `DistrlWorkerExtension` (below) 
 worker then fetches the packed buffer from its node's object store (zero-copy on the node) and
 hands every tensor to the model's own `load_weights`, which shards it for tensor parallelism.
 
-The workers must be Ray workers of the same cluster to read the object store: in-process (`uni`,
-one GPU) or `distributed_executor_backend="ray"` (tensor parallel). Imports vLLM: only ever
+The workers must be Ray workers of the same cluster to read the object store: in-process (`uni`:
+one GPU, or the CPU build) or `distributed_executor_backend="ray"` (tensor parallel). Imports vLLM: only ever
 imported where vLLM is installed.
 """
 
@@ -71,7 +71,9 @@ class DistrlObjectStoreEngine(WeightTransferEngine[DistrlInitInfo, DistrlUpdateI
         if packed.policy_version != update_info.policy_version:
             raise RuntimeError(f"distrl weight sync: object holds version {packed.policy_version}, "
                                f"expected {update_info.policy_version}")
-        self.model.load_weights((name, t.to(self.device, non_blocking=True)) for name, t in tensor_views(packed))
+        names = [name for name, _ in tensor_views(packed)]
+        loaded = self.model.load_weights((name, t.to(self.device, non_blocking=True)) for name, t in tensor_views(packed))
+        check_all_loaded(names, loaded, getattr(self.model, "packed_modules_mapping", {}))
 
     def finish_weight_update(self) -> None:
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
@@ -83,26 +85,42 @@ class DistrlObjectStoreEngine(WeightTransferEngine[DistrlInitInfo, DistrlUpdateI
         pass
 
 
-def refresh_cpu_packed_weights(model) -> int:
-    """Repack the CPU GEMM copy of every layer that keeps its weight beside the packed copy.
+def check_all_loaded(sent: list[str], loaded: set[str] | None, packed_modules: dict[str, list[str]]) -> None:
+    """Strict loading, as the hf backend's: every tensor the learner sent must have reached a
+    parameter. vLLM's layerwise reload otherwise keeps a layer that got nothing on its old weights
+    and only logs it. `loaded` is what the model's `load_weights` reports, in vLLM's names, where
+    `packed_modules` fuses some (q/k/v_proj -> qkv_proj); a model that reports nothing is not
+    checked here (logprob_gap still is)."""
+    if loaded is None:
+        return
+    fused = {part: whole for whole, parts in packed_modules.items() for part in parts}
+    missing = [name for name in sent
+               if name not in loaded and ".".join(fused.get(p, p) for p in name.split(".")) not in loaded]
+    if missing:
+        raise RuntimeError(f"distrl weight sync: the vLLM model took no parameter for {len(missing)} of "
+                           f"{len(sent)} sent tensors (first: {missing[0]}); generators would keep old weights")
+
+
+def refresh_cpu_packed_weights(model: torch.nn.Module) -> int:
+    """Repack the CPU GEMM copy of every layer whose weight it shares with another layer.
 
     On CPU, vLLM multiplies with a separately packed copy of each weight, built once after
     loading. A layerwise reload rebuilds it only for layers that received a tensor. A tied output
     head (SmolLM2, Llama-3.2, Qwen2.5-0.5B) receives none: its weight is the embedding's, loaded
     under the embedding's name. The head would go on scoring with the old weights, a silent half
-    sync. Linear layers drop their plain weight once packed (numel 0) and are rebuilt by the reload,
-    so only layers that still hold a 2-D weight (embeddings, heads) are repacked here. On GPU no
-    layer has `cpu_linear`: nothing to do. Returns the number of layers repacked."""
+    sync. Layers with a weight of their own were rebuilt by the reload and are left alone. On GPU
+    no layer has `cpu_linear`: nothing to do. Returns the number of layers repacked."""
+    from collections import Counter
+
     from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
 
-    repacked = 0
-    for module in model.modules():
-        weight = getattr(module, "weight", None)
-        if hasattr(module, "cpu_linear") and isinstance(weight, torch.Tensor) and weight.ndim == 2 \
-                and weight.numel() > 0 and not weight.is_meta:
-            dispatch_cpu_unquantized_gemm(module, remove_weight=False)
-            repacked += 1
-    return repacked
+    layers = [m for m in model.modules() if hasattr(m, "cpu_linear") and isinstance(getattr(m, "weight", None), torch.Tensor)
+              and m.weight.ndim == 2 and m.weight.numel() > 0 and not m.weight.is_meta]
+    owners = Counter(m.weight.data_ptr() for m in layers)
+    tied = [m for m in layers if owners[m.weight.data_ptr()] > 1]
+    for module in tied:
+        dispatch_cpu_unquantized_gemm(module, remove_weight=False)
+    return len(tied)
 
 
 class DistrlWorkerExtension:

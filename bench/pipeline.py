@@ -57,6 +57,10 @@ class SleepyWorker:
 
     def load_weights(self, packed) -> int:
         time.sleep(self.sync_s)
+        if isinstance(packed, list):  # the driver sends [ObjectRef], as to a GenerationActor
+            import ray
+
+            packed = ray.get(packed[0])
         self.policy_version = packed["policy_version"]
         return self.policy_version
 

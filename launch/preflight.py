@@ -19,7 +19,7 @@ from distrl.config import ConfigError, TrainConfig
 from distrl.data import load_splits
 from distrl.data.prompts import encode_prompt
 from distrl.generation import resolve_backend
-from distrl.generation.base import vllm_device
+from distrl.generation.base import choose, vllm_device
 from distrl.models import (check_quantizable, check_unsloth, load_tokenizer, resolve_model,
                            tokenizer_fingerprint)
 from distrl.rewards import load_reward
@@ -90,7 +90,7 @@ def choose_backend(cfg: TrainConfig, model_path: str) -> str:
     lora = cfg.model.lora_rank > 0
     dtype = str(resolve_dtype(cfg.model.dtype, device, lora=lora)).removeprefix("torch.")
     auto = cfg.run.backend == "auto"
-    backend = resolve_backend(cfg.run.backend, model_path, dtype, lora, device, verbose=not auto)
+    backend, reason = choose(cfg.run.backend, model_path, dtype, lora, device)
     if backend == "vllm":
         try:
             check_vllm_flags(cfg, device)
@@ -101,13 +101,9 @@ def choose_backend(cfg: TrainConfig, model_path: str) -> str:
         except ConfigError as e:
             if not auto:
                 raise
-            print(f"backend auto: hf (vllm cannot run these flags: {e})", flush=True)
-            backend = "hf"
-        else:
-            if auto:
-                resolve_backend("auto", model_path, dtype, lora, device, verbose=True)
-    elif auto:
-        resolve_backend("auto", model_path, dtype, lora, device, verbose=True)
+            backend, reason = "hf", f"vllm cannot run these flags: {e}"
+    if auto:
+        print(f"backend auto: {backend} ({reason})", flush=True)
     if backend != "vllm" and cfg.run.colocate:
         raise ConfigError("--colocate shares one GPU between the learner and a sleeping vLLM engine: it "
                           "needs the vllm backend (vllm and a CUDA GPU); drop --colocate here")

@@ -93,10 +93,19 @@ def measured_speed(key: str, dtype: str) -> dict[str, float] | None:
 
 def resolve_backend(name: str, model_path: str = "", dtype: str = "float32", lora: bool = False,
                     device: str = "", verbose: bool = False) -> str:
-    """The backend the generators build for `--backend`. auto: on GPU, vllm when installed; on
-    CPU, vllm when installed, the model's head size suits the CPU kernels and bench/generation.py
-    measured it faster than hf for this model in this dtype (full fine-tuning: LoRA in the CPU
-    engine is not measured); else hf. An explicit vllm that cannot run is refused."""
+    """The backend the generators build for `--backend` (see `choose`); with `verbose`, auto's
+    choice is printed with its reason. An explicit vllm that cannot run is refused."""
+    choice, reason = choose(name, model_path, dtype, lora, device)
+    if verbose and name == "auto":
+        print(f"backend auto: {choice} ({reason})", flush=True)
+    return choice
+
+
+def choose(name: str, model_path: str = "", dtype: str = "float32", lora: bool = False,
+           device: str = "") -> tuple[str, str]:
+    """(backend, why). auto: on GPU, vllm when installed; on CPU, vllm when installed, the model's
+    head size suits the CPU kernels and bench/generation.py measured it faster than hf for this
+    model in this dtype (full fine-tuning: LoRA in the CPU engine is not measured); else hf."""
     from distrl.config import ConfigError
 
     device = device or vllm_device()
@@ -104,15 +113,13 @@ def resolve_backend(name: str, model_path: str = "", dtype: str = "float32", lor
     if name == "auto":
         if not why and device == "cpu":
             why = _cpu_vllm_not_chosen(model_path, dtype, lora)
-        choice = "hf" if why else "vllm"
-        if verbose:
-            reason = why or ("GPU and the vllm wheel present" if device == "cuda" else
-                             "measured faster than hf for this model (bench/generation.py)")
-            print(f"backend auto: {choice} ({reason})", flush=True)
-        return choice
+        if why:
+            return "hf", why
+        return "vllm", ("GPU and the vllm wheel present" if device == "cuda" else
+                        "measured faster than hf for this model (bench/generation.py)")
     if name == "vllm" and why:
         raise ConfigError(f"--backend vllm is not available here: {why}; use --backend hf")
-    return name
+    return name, "asked for"
 
 
 def _cpu_vllm_not_chosen(model_path: str, dtype: str, lora: bool) -> str:

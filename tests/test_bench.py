@@ -1,0 +1,35 @@
+"""Each benchmark's smallest setting runs and prints its last line in the documented format, so a
+benchmark that breaks fails CI instead of rotting (bench/pipeline.py once crashed unnoticed)."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def last_line(script: str, *args: str, timeout: float = 600) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, script, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("script, args, pattern", [
+    ("bench/generation.py", ["--prompts", "2", "--n", "2", "--max_new_tokens", "4"],
+     r"vllm/hf tokens_per_s = \d+\.\d\d"),
+    ("bench/logprob_gap.py", ["--prompts", "2", "--n", "2", "--max_new_tokens", "4", "--backends", "vllm"],
+     r"bf16/fp32 median logprob_gap \(vllm, full\) = \d+\.\d\d"),
+    ("bench/cpu_adam.py", ["--steps", "1"], r"cpu_adamw/fused = \d+\.\d\d"),
+    ("bench/zero_advantage_step.py", ["--rows", "4", "--repeats", "1"], r"normal/zero = \d+\.\d\d"),
+    ("bench/gpu_learner.py", ["--tiny"], r"peak adamw/cpu_adamw\+offload = \S+"),
+    ("bench/broadcast.py", ["--repeats", "1", "--versions", "2"],
+     r"packed/floor = \d+\.\d\d  naive/packed = \d+\.\d\d  store_growth_mb = \d+"),
+    ("bench/pipeline.py", ["--steps", "2", "--gen_s", "0.05", "--train_s", "0.05"], r"async/sync throughput = \d+\.\d\d"),
+])
+def test_bench_smallest_setting_prints_its_last_line(script, args, pattern):
+    assert re.search(pattern, last_line(script, *args)), script

@@ -14,7 +14,7 @@ from distrl.generation import Rollout, SamplingParams, WeightsMissing, resolve_b
 from distrl.generation.hf import HFBackend
 from distrl.models import (load_policy, load_tokenizer, pick_device, resolve_dtype, tokenizer_fingerprint,
                            where)
-from distrl.weights import PackedWeights
+from distrl.weights import PackedWeights, WeightSyncError, same_fingerprint
 
 
 class GenerationActor:
@@ -61,10 +61,17 @@ class GenerationActor:
             (ref,) = packed
             packed = ray.get(ref)  # zero-copy: a view of this node's object store
         if self.kind == "vllm":
-            self.policy_version = self.backend.load_weights(packed, ref)
+            version = self.backend.load_weights(packed, ref)
         else:
             self.backend.load_weights(packed)
-            self.policy_version = packed.policy_version
+            version = packed.policy_version
+        # Checked on receipt: a load that took nothing (or part) leaves other values behind.
+        held = self.backend.held_fingerprint()
+        if packed.fingerprint is not None and (held is None or not same_fingerprint(held, packed.fingerprint)):
+            self.policy_version = -1  # never sample from weights that are not a published version
+            raise WeightSyncError(f"weight sync to policy version {packed.policy_version}: this generator "
+                                  f"holds other weights (fingerprint {held} != published {packed.fingerprint})")
+        self.policy_version = version
         return self.policy_version
 
     def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[list[Rollout]]:

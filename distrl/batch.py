@@ -82,15 +82,22 @@ def _split_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Modul
     return (body, head) if body is not None and isinstance(head, torch.nn.Linear) else None
 
 
+def _sharded(model: torch.nn.Module) -> bool:
+    """FSDP2: only the whole model's forward gathers the parameters outside the decoder layers."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
 def completion_logprobs(model: torch.nn.Module, batch: Collated, temperature: float,
                         chunk_size: int = 0, with_entropy: bool = False) -> torch.Tensor:
     """`(B, Tc)` log-probs of the completion tokens under `model` (differentiable; 0 on padding).
     With `with_entropy`, `(2, B, Tc)`: the log-probs and the policy's entropy at each position,
     read off the same logits (no second forward).
 
-    With `chunk_size > 0` (and a model whose logits are a plain linear head over the last hidden
-    states), the head runs only on completion positions, `chunk_size` of them at a time, each
-    chunk recomputed in backward: the full `(B, T, vocab)` logits never exist at once.
+    With a model whose logits are a plain linear head over the last hidden states, the head runs
+    only on completion positions; with `chunk_size > 0`, `chunk_size` of them at a time, each
+    chunk recomputed in backward: the full `(B, Tc, vocab)` logits never exist at once.
     """
     device = next(model.parameters()).device
     input_ids = batch.input_ids.to(device)
@@ -101,7 +108,9 @@ def completion_logprobs(model: torch.nn.Module, batch: Collated, temperature: fl
                   position_ids=position_ids, use_cache=False)
     index = batch.positions.to(device)
     tokens = batch.completion_ids.to(device)
-    split = _split_head(model) if chunk_size > 0 else None
+    # The head runs on completion positions only: prompt positions' logits (most of a row, over
+    # the whole vocabulary) are never needed. chunk_size 0 = all of them in one piece.
+    split = None if _sharded(model) and not chunk_size else _split_head(model)
     if split is None:
         logits = model(**inputs).logits
         picked = torch.gather(logits[:, :-1], 1, index.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
@@ -119,9 +128,10 @@ def completion_logprobs(model: torch.nn.Module, batch: Collated, temperature: fl
             return torch.stack([lp, token_entropy(logits, temperature)]) if with_entropy else lp
 
         parts = []
-        for s in range(0, hidden.shape[1], chunk_size):
-            h, t = hidden[:, s: s + chunk_size], tokens[:, s: s + chunk_size]
-            if torch.is_grad_enabled():
+        step = chunk_size or max(hidden.shape[1], 1)
+        for s in range(0, hidden.shape[1], step):
+            h, t = hidden[:, s: s + step], tokens[:, s: s + step]
+            if torch.is_grad_enabled() and chunk_size:
                 parts.append(checkpoint(chunk_logprobs, h, t, use_reentrant=False))
             else:
                 parts.append(chunk_logprobs(h, t))

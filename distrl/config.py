@@ -57,10 +57,15 @@ class ModelConfig:
     gradient_checkpointing: bool = _field(False, "Recompute activations in backward (learner only).")
     unsloth: bool = _field(False, "Load the learner with Unsloth's FastLanguageModel (needs a CUDA "
                            "GPU and `pip install -r requirements-unsloth.txt`).")
-    dtype: str = _field("auto", "Weights dtype: auto (bfloat16 on CUDA with LoRA, whose adapter "
-                        "stays fp32; else float32), float32, bfloat16, float16.",
+    dtype: str = _field("auto", "Compute dtype of every actor: auto (bfloat16 on a CPU with AMX/AVX512-BF16 "
+                        "units and on CUDA with LoRA, trained weights kept as fp32 masters or fp32 "
+                        "adapters; else float32; printed at start-up), float32, bfloat16, float16.",
                         choices=["auto", "float32", "bfloat16", "float16"])
     trust_remote_code: bool = _field(False, "Allow model code from the model folder/hub to run.")
+    compile: str = _field("auto", "torch.compile each decoder layer for the learner's forward and backward: "
+                          "auto (on for bf16/fp16 on CPU with a model of >= 20M parameters, where fusing the "
+                          "elementwise work around the matmuls is most of the gain; the first compile takes "
+                          "~30 s and is cached on disk), on, off.", choices=["auto", "on", "off"])
 
     def __post_init__(self) -> None:
         if self.lora_rank < 0:
@@ -167,12 +172,19 @@ class AlgoConfig:
                                      "logits never exist at once; 0 = one full forward.")
     max_grad_norm: float = _field(1.0, "Global gradient-norm clip; 0 = off.")
     weight_decay: float = _field(0.0, "AdamW weight decay.")
-    optimizer: str = _field("adamw", "adamw (torch fused, state beside the weights), cpu_adamw (fp32 "
+    optimizer: str = _field("auto", "auto (cpu_adamw when the trained weights compute in bf16/fp16, "
+                            "else adamw), adamw (torch fused, state beside the weights), cpu_adamw (fp32 "
                             "master weights and moments in CPU memory), adamw_8bit (bitsandbytes).",
                             choices=list(OPTIMIZERS))
-    max_importance_weight: float = _field(2.0, "With --async_staleness: cap on the per-token weight "
-                                          "pi_learner / pi_generator that corrects for rollouts "
-                                          "from an older policy (truncated importance sampling).")
+    max_importance_weight: float = _field(2.0, "Cap on the per-token weight pi_learner / pi_generator "
+                                          "(truncated importance sampling) that corrects for rollouts from "
+                                          "an older policy (--async_staleness) or other numerics "
+                                          "(--mismatch_correction).")
+    mismatch_correction: str = _field("auto", "Weight on-policy tokens too by pi_learner / pi_generator "
+                                      "(capped), the PPO trust region taken around the learner's own "
+                                      "log-probs: auto (on when generators compute with other kernels "
+                                      "than the learner's forward: bf16/fp16, or the vllm engine), on, off.",
+                                      choices=["auto", "on", "off"])
     grad_offload: bool = _field(False, "With cpu_adamw: move each gradient to CPU as backward "
                                 "produces it, so the device never holds a full gradient buffer.")
 
@@ -276,6 +288,10 @@ class RunConfig:
     max_auto_resumes: int = _field(3, "With --auto_resume: restarts from a checkpoint per run.")
     max_actor_restarts: int = _field(3, "Times Ray restarts a dead generation actor; it then loads "
                                      "the current weights and regenerates its prompts of the step.")
+    max_logprob_gap: float = _field(0.0, "Warn when a synchronous step's logprob_gap (mean |generator - "
+                                    "learner| log-prob) exceeds this, and stop after --max_bad_steps such "
+                                    "steps in a row; 0 = per dtype: 1e-3 in float32, 0.1 in bfloat16/float16 "
+                                    "(measured by bench/logprob_gap.py).")
     max_bad_steps: int = _field(3, "Stop after this many updates in a row skipped for a non-finite "
                                 "loss or gradient norm.")
     num_learners: int = _field(1, "Learner ranks: one torch.distributed group (gloo on CPU, nccl on "
@@ -321,6 +337,8 @@ class RunConfig:
                               "synchronous mode (--async_staleness 0)")
         if self.max_sampling_rounds < 1 or self.eval_samples < 0 or self.time_budget_s < 0:
             raise ConfigError("--max_sampling_rounds must be >= 1, --eval_samples and --time_budget_s >= 0")
+        if self.max_logprob_gap < 0:
+            raise ConfigError(f"--max_logprob_gap must be >= 0 (0 = per dtype), got {self.max_logprob_gap}")
         if self.max_bad_steps < 1:
             raise ConfigError(f"--max_bad_steps must be >= 1, got {self.max_bad_steps}")
         if self.number_of_actors < 0:
@@ -383,7 +401,7 @@ class TrainConfig:
             raise ConfigError("--load_in_4bit trains a LoRA adapter on a frozen 4-bit base: set "
                               "--lora_rank (e.g. 16)")
         if (self.model.dtype in ("bfloat16", "float16") and self.model.lora_rank == 0
-                and self.algo.optimizer != "cpu_adamw"):
+                and self.algo.optimizer not in ("auto", "cpu_adamw")):
             raise ConfigError(f"--dtype {self.model.dtype} full fine-tuning with --optimizer "
                               f"{self.algo.optimizer} loses every update smaller than the weights' "
                               "precision: use --optimizer cpu_adamw (fp32 masters), LoRA, or --dtype float32")
@@ -392,15 +410,27 @@ class TrainConfig:
                               "auto/actor (or adapter_disabled with LoRA), or --beta 0")
         if self.ref_mode == "adapter_disabled" and self.model.lora_rank == 0:
             raise ConfigError("--ref_mode adapter_disabled needs LoRA (--lora_rank > 0)")
-        if self.run.fsdp and self.algo.optimizer != "adamw":
+        if self.run.fsdp and self.algo.optimizer not in ("auto", "adamw"):
             raise ConfigError(f"--fsdp shards the optimizer state itself: use --optimizer adamw, not "
                               f"{self.algo.optimizer}")
+        if self.run.fsdp and self.model.dtype in ("bfloat16", "float16") and self.model.lora_rank == 0:
+            raise ConfigError(f"--fsdp steps the sharded weights with torch AdamW, without fp32 masters: "
+                              f"--dtype {self.model.dtype} full fine-tuning would lose small updates; use "
+                              "--dtype float32 (or auto) with --fsdp")
         if self.run.fsdp and self.algo.logprob_chunk_size:
             raise ConfigError("--fsdp runs the whole model's forward (its hooks gather each layer): drop "
                               "--logprob_chunk_size")
         if self.run.fsdp and (self.model.load_in_4bit or self.model.unsloth):
             raise ConfigError("--fsdp cannot shard a 4-bit or Unsloth model: drop --load_in_4bit/--unsloth "
                               "(or --fsdp, with --num_learners for data parallelism)")
+
+    @property
+    def corrects_mismatch(self) -> bool:
+        """Whether the learner weights on-policy tokens by the truncated pi_learner / pi_generator:
+        where generators sample with other kernels (bf16/fp16, vLLM) their log-probs differ from
+        the learner's by more than rounding, and the PPO ratio against them would clip on noise."""
+        mode = self.algo.mismatch_correction
+        return mode == "on" or (mode == "auto" and (self.model.dtype != "float32" or self.run.backend == "vllm"))
 
     @property
     def ref_mode(self) -> str:

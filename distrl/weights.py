@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
 _DTYPES = {str(d): d for d in (torch.float32, torch.bfloat16, torch.float16, torch.float64)}
+
+
+class WeightSyncError(RuntimeError):
+    """A generator holds other weights than the version it was sent: the run must not go on."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class PackedWeights:
     policy_version: int
     index: list[TensorSlot] = field(default_factory=list)
     buffers: dict[str, np.ndarray] = field(default_factory=dict)
+    fingerprint: tuple[float, float] | None = None  # of every packed value (see `fingerprint`)
 
     @property
     def nbytes(self) -> int:
@@ -74,7 +79,30 @@ class WeightPacker:
                     raise ValueError(f"{slot.name} changed shape, dtype or name since the packer was built")
                 self.flat[slot.dtype][slot.offset: slot.offset + slot.numel].copy_(src.reshape(-1))
         buffers = {dtype: t.view(torch.uint8).numpy() for dtype, t in self.flat.items()}
-        return PackedWeights(policy_version=policy_version, index=list(self.index), buffers=buffers)
+        return PackedWeights(policy_version=policy_version, index=list(self.index), buffers=buffers,
+                             fingerprint=fingerprint(self.flat.values()))
+
+
+def fingerprint(tensors: Iterable[torch.Tensor]) -> tuple[float, float]:
+    """(sum, sum of squares) of every element, accumulated in float64. Both depend only on the
+    values, not on how they are laid out: the same for tensors fused (vLLM's qkv_proj),
+    concatenated into one buffer or transposed. A generator that holds other values than the
+    published version (a load that took nothing) differs: one update moves thousands of bf16
+    elements by an ulp. Read in 1M-element chunks: no float64 copy of a whole tensor."""
+    total = squares = 0.0
+    with torch.no_grad():
+        for t in tensors:
+            flat = t.detach().reshape(-1)
+            for start in range(0, flat.numel(), 1 << 20):
+                chunk = flat[start: start + (1 << 20)].to(torch.float64)
+                total += float(chunk.sum())
+                squares += float(torch.dot(chunk, chunk))
+    return total, squares
+
+
+def same_fingerprint(a: tuple[float, float], b: tuple[float, float], rel: float = 1e-9) -> bool:
+    """Equal up to float64 summation order (another layout sums in another order)."""
+    return all(abs(x - y) <= rel * max(abs(x), abs(y), 1e-30) for x, y in zip(a, b))
 
 
 def pack(named: dict[str, torch.Tensor], policy_version: int) -> PackedWeights:

@@ -158,7 +158,8 @@ def create_actors(cfg: TrainConfig, model_path: str) -> Actors:
     learners = [ray.remote(LearnerActor).options(name=name, **opts(r)).remote(
         model_path, cfg.model, cfg.algo, cfg.sampling.temperature, ref_mode=cfg.ref_mode,
         seed=run.seed, torch_threads=run.torch_threads, max_staleness=run.async_staleness,
-        max_new_tokens=cfg.sampling.max_new_tokens, world_size=n) for r, name in enumerate(learner_names(n))]
+        max_new_tokens=cfg.sampling.max_new_tokens, world_size=n,
+        correct_mismatch=cfg.corrects_mismatch) for r, name in enumerate(learner_names(n))]
     vllm = dict(tensor_parallel_size=run.gpus_per_actor, gpu_memory_utilization=run.gpu_memory_utilization,
                 max_model_len=engine_max_len(cfg, model_path), device=vllm_device(run.num_gpus_per_actor), colocate=run.colocate, kv_cache_gb=run.vllm_kv_cache_gb,
                 torch_threads=run.torch_threads or 1)

@@ -26,8 +26,10 @@ from distrl.config import ConfigError, RunStopped, TrainConfig
 from distrl.data import PromptSampler
 from distrl.data.prompts import encode_prompt
 from distrl.generation import Rollout, SamplingParams
+from distrl.precision import GAP_LIMITS
 from distrl.plot import draw as draw_plots
 from distrl.rewards.pool import RewardPool, RewardStats
+from distrl.weights import WeightSyncError
 from launch.calls import ActorLost, generator_lost, settle, wait
 from launch.cluster import Actors
 from launch.learner_group import LearnerGroup
@@ -94,6 +96,23 @@ def count_bad_update(in_a_row: int, skipped: bool, limit: int, step: int, versio
     return in_a_row
 
 
+def count_gap_breach(in_a_row: int, gap: float, limit: float, max_in_a_row: int, step: int) -> int:
+    """Synchronous steps in a row whose logprob_gap exceeded `limit`, after this one; warns on each,
+    RunStopped at `max_in_a_row`: generators that sample other numbers than the learner computes
+    (a half-loaded sync, another model) make every update off by an unknown amount."""
+    if gap <= limit:
+        return 0
+    in_a_row += 1
+    print(f"warning: step {step}: logprob_gap {gap:.2e} is above {limit:g} (--max_logprob_gap): the "
+          "generators' log-probs differ from the learner's by more than this dtype's rounding",
+          file=sys.stderr, flush=True)
+    if in_a_row >= max_in_a_row:
+        raise RunStopped(f"logprob_gap above {limit:g} for {in_a_row} steps in a row: the generators do not "
+                         "sample from the weights the learner trains (a failed sync?); if the gap is expected "
+                         "(e.g. another engine's numerics), raise --max_logprob_gap")
+    return in_a_row
+
+
 class Trainer:
     """Holds the run's state between steps; `train()` is the loop."""
 
@@ -106,7 +125,8 @@ class Trainer:
         self.gen_version = 0  # the generators' (after the loads already submitted)
         self.weights_ref = None  # the learner's newest published weights
         self.gen_weights_ref = None  # the weights the generators hold (or are loading)
-        self.generator_restarts = self.bad_steps = 0
+        self.generator_restarts = self.bad_steps = self.gap_breaches = 0
+        self.gap_limit = cfg.run.max_logprob_gap or GAP_LIMITS.get(cfg.model.dtype, GAP_LIMITS["bfloat16"])
         self._too_long: set[int] = set()  # training rows over --max_prompt_tokens
         self.evals: dict[int, float] = {}
         self.start_step = 0
@@ -219,6 +239,9 @@ class Trainer:
                 loaded.append(ray.get(ref))
             except ray.exceptions.RayActorError as e:
                 loaded.append(self._revive(1 + i, e))
+            except WeightSyncError as e:  # Ray raises the task's error as a subclass of its type
+                raise RunStopped(f"{names[i]}: {str(e).splitlines()[-1]}; the run stops rather than "
+                                 "train on rollouts from unknown weights") from e
         wrong = [n for n, v in zip(names, loaded) if v != version]
         if wrong:
             raise RuntimeError(f"weight sync: {', '.join(wrong)} did not load version {version}")
@@ -482,6 +505,9 @@ class Trainer:
         self.policy_version, self.weights_ref = int(train["policy_version"]), weights_ref
         self.bad_steps = count_bad_update(self.bad_steps, bool(train["skipped_update"]), cfg.run.max_bad_steps,
                                           step, self.policy_version, self.setup.checkpoint_root)
+        if max(rnd.staleness) == 0:  # off-policy rollouts: the gap measures lag too
+            self.gap_breaches = count_gap_breach(self.gap_breaches, train["logprob_gap"], self.gap_limit,
+                                                 cfg.run.max_bad_steps, step)
         sync_s = 0.0
         if self.policy_version != self.gen_version and self.policy_version % cfg.run.weight_sync_every == 0:
             sync_s = self._sync(weights_ref, self.policy_version, block=cfg.run.pipeline_depth == 0)

@@ -37,6 +37,7 @@ class Setup:
     output_dir: str
     backend: str = "hf"  # the generators' backend, auto resolved ("hf" or "vllm")
     resume: Checkpoint | None = None
+    dtype: str = "float32"  # every actor's compute dtype, auto resolved
 
     @property
     def checkpoint_root(self) -> str:
@@ -66,6 +67,8 @@ def preflight(cfg: TrainConfig) -> Setup:
         reward_specs.append(("format", cfg.data.format_reward_weight))
     train_rows, eval_rows = load_splits(cfg.data, cfg.run.seed)
     model_path = resolve_model(cfg.model.model)
+    dtype = choose_run_dtype(cfg)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype=dtype))
     backend = choose_backend(cfg, model_path)
     check_quantizable(model_path, cfg.model)
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
@@ -77,18 +80,29 @@ def preflight(cfg: TrainConfig) -> Setup:
         output_dir = resume.run_dir  # a resumed run goes on writing where it started
     else:
         output_dir = os.path.join(cfg.run.output_dir, cfg.run.run_name or time.strftime("run-%Y%m%d-%H%M%S"))
-    return Setup(model_path, tokenizer, train_rows, eval_rows, reward_specs, output_dir, backend, resume)
+    return Setup(model_path, tokenizer, train_rows, eval_rows, reward_specs, output_dir, backend, resume, dtype)
+
+
+def choose_run_dtype(cfg: TrainConfig, quiet: bool = False) -> str:
+    """The one compute dtype every actor of this run uses, auto resolved for the device the
+    actors run on (this machine's CPU flags; a cluster is assumed alike) and printed with why."""
+    from distrl.precision import choose_dtype, dtype_name
+
+    lora = cfg.model.lora_rank > 0
+    masters = cfg.algo.optimizer in ("auto", "cpu_adamw") and not cfg.run.fsdp
+    dtype, reason = choose_dtype(cfg.model.dtype, vllm_device(cfg.run.num_gpus_per_actor), lora, masters)
+    if cfg.model.dtype == "auto" and not quiet:
+        print(f"dtype auto: {dtype_name(dtype)} ({reason})", flush=True)
+    return dtype_name(dtype)
 
 
 def choose_backend(cfg: TrainConfig, model_path: str) -> str:
     """The generators' backend for this model, auto resolved and printed with its reason. An
     explicit vllm is refused (one line) where it cannot serve this model; auto falls back to hf."""
     from distrl.generation.base import CPU_HEAD_SIZES, model_shape
-    from distrl.models import resolve_dtype
-
     device = vllm_device(cfg.run.num_gpus_per_actor)
     lora = cfg.model.lora_rank > 0
-    dtype = str(resolve_dtype(cfg.model.dtype, device, lora=lora)).removeprefix("torch.")
+    dtype = choose_run_dtype(cfg, quiet=True)  # already concrete after preflight resolved it
     auto = cfg.run.backend == "auto"
     backend, reason = choose(cfg.run.backend, model_path, dtype, lora, device)
     if backend == "vllm":

@@ -22,8 +22,9 @@ def run(cfg: TrainConfig) -> dict:
     """Train as configured; returns the summary it also prints. ConfigError on bad input;
     RunStopped when an actor is lost for good (naming it and the checkpoint to resume from)."""
     setup = preflight(cfg)
-    # Every actor builds the backend chosen here for this model (auto resolved once, printed).
-    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, backend=setup.backend))
+    # Every actor builds the backend and computes in the dtype chosen here (auto resolved once, printed).
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, backend=setup.backend),
+                              model=dataclasses.replace(cfg.model, dtype=setup.dtype))
     connect(cfg)
     resumes = 0
     try:

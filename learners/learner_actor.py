@@ -13,6 +13,7 @@ gradients are summed over ranks (or reduce-scattered by FSDP2), and only rank 0 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -25,8 +26,8 @@ from distrl.checkpoint import check_safe, load_state, save_state
 from distrl.config import AlgoConfig, ModelConfig
 from distrl.generation import Rollout, SamplingParams
 from distrl.generation.hf import HFBackend
-from distrl.models import (load_policy, load_tokenizer, load_unsloth_policy, pick_device,
-                           tokenizer_fingerprint, trainable_parameters, where)
+from distrl.models import (TrainingKernels, load_policy, load_tokenizer, load_unsloth_policy, low_precision_cpu,
+                           pick_device, tokenizer_fingerprint, trainable_parameters, wants_compile, where)
 from distrl import parallel
 from distrl.optim import ShardedCPUAdamW, clip_and_step, make_optimizer
 from distrl.weights import PackedWeights, WeightPacker
@@ -36,16 +37,19 @@ class LearnerActor:
     def __init__(self, model_path: str, model_cfg: ModelConfig, algo_cfg: AlgoConfig,
                  temperature: float, ref_mode: str = "none", seed: int = 0, torch_threads: int = 0,
                  max_staleness: int = 0, max_new_tokens: int = 0, world_size: int = 1,
-                 cpu_adamw_sharding: str = "zero1") -> None:
+                 cpu_adamw_sharding: str = "zero1", correct_mismatch: bool = False) -> None:
         """`max_staleness` > 0: take rollouts up to that many versions old, with decoupled PPO.
         `max_new_tokens`: the generation budget, Dr. GRPO's constant loss normaliser.
         `world_size` > 1: one rank of a learner group; it trains once `join_group` ran.
-        `cpu_adamw_sharding`: who owns CPUAdamW's state in a group (`zero1`; `rank0` for the bench)."""
+        `cpu_adamw_sharding`: who owns CPUAdamW's state in a group (`zero1`; `rank0` for the bench).
+        `correct_mismatch`: weight on-policy tokens by the truncated pi_learner / pi_generator too
+        (generators with other numerics: bf16, vLLM), as off-policy ones always are."""
         # Auto: the node's cores, shared by the learner ranks (placed together by default).
         torch.set_num_threads(torch_threads if torch_threads > 0 else max(1, (os.cpu_count() or 1) // world_size))
         torch.manual_seed(seed)
         self.algo, self.temperature, self.ref_mode = algo_cfg, temperature, ref_mode
         self.max_staleness, self.max_new_tokens = max_staleness, max_new_tokens
+        self.correct_mismatch = correct_mismatch
         self.device = pick_device()
         self.tokenizer = load_tokenizer(model_path, model_cfg.trust_remote_code)
         if model_cfg.unsloth:
@@ -56,6 +60,8 @@ class LearnerActor:
             # Non-reentrant checkpointing needs no input grads, so it works with frozen embeddings (LoRA).
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model.train()
+        self.kernels = (TrainingKernels(self.model, wants_compile(model_cfg, self.model, self.device))
+                        if low_precision_cpu(self.model, self.device) and not model_cfg.unsloth else None)
         self.params = trainable_parameters(self.model)
         self.rank, self.world_size, self.fsdp, self.cpu_group = 0, world_size, False, None
         self.sharding = cpu_adamw_sharding
@@ -136,12 +142,14 @@ class LearnerActor:
         plans = plan_microbatches(lengths, self.algo.micro_batch_size, self.algo.max_tokens_per_microbatch)
         if self.fsdp:
             plans += [[]] * (parallel.max_over_ranks(len(plans), self.device) - len(plans))
-        for idx in plans:
-            metrics = self._accumulate([rollouts[i] for i in idx] or [filler], [advantages[i] for i in idx] or [0.0],
-                                       [ref_logprobs[i] for i in idx] if ref_logprobs and idx else None,
-                                       num_tokens, num_seqs, weight=1.0 if idx else 0.0)
-            for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + v
+        with self.kernels.active() if self.kernels else contextlib.nullcontext():
+            for idx in plans:
+                metrics = self._accumulate([rollouts[i] for i in idx] or [filler],
+                                           [advantages[i] for i in idx] or [0.0],
+                                           [ref_logprobs[i] for i in idx] if ref_logprobs and idx else None,
+                                           num_tokens, num_seqs, weight=1.0 if idx else 0.0)
+                for k, v in metrics.items():
+                    totals[k] = totals.get(k, 0.0) + v
         bad_loss = not math.isfinite(totals.get("loss", 0.0))
         comm_start = time.perf_counter()
         if self.world_size > 1:  # every rank must skip together, or the collectives misalign
@@ -192,8 +200,9 @@ class LearnerActor:
             clip_eps_high=high, agg=self.algo.loss_agg, num_tokens=num_tokens, num_seqs=num_seqs,
             kl_estimator=self.algo.kl_estimator, entropy=entropy, entropy_coef=self.algo.entropy_coef,
             norm_len=self.max_new_tokens or None,
-            # Off-policy: this forward (before the update) is the proximal policy.
-            prox_logprobs=logprobs.detach() if self.max_staleness else None,
+            # Off-policy, or sampled with other numerics: this forward (before the update) is the
+            # proximal policy, and pi_prox / pi_generator (truncated) weights each token.
+            prox_logprobs=logprobs.detach() if self.max_staleness or self.correct_mismatch else None,
             max_importance_weight=self.algo.max_importance_weight)
         if needs_grad:
             (loss * weight if weight != 1.0 else loss).backward()

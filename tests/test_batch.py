@@ -43,7 +43,7 @@ def test_microbatch_plan_respects_rows_and_token_budget():
 
 @pytest.mark.parametrize("chunk", [1, 3, 64])
 def test_chunked_logprobs_match_the_plain_path(tiny_model_dir, chunk):
-    model = load_policy(tiny_model_dir, ModelConfig(), torch.device("cpu"))
+    model = load_policy(tiny_model_dir, ModelConfig(dtype="float32"), torch.device("cpu"))
     batch = collate(_rollouts(), pad_id=0)
     plain = completion_logprobs(model, batch, temperature=0.7)
     plain.sum().backward()
@@ -58,7 +58,7 @@ def test_chunked_logprobs_match_the_plain_path(tiny_model_dir, chunk):
 
 
 def test_chunked_logprobs_work_through_a_lora_adapter(tiny_model_dir):
-    model = load_policy(tiny_model_dir, ModelConfig(lora_rank=4), torch.device("cpu"), seed=0)
+    model = load_policy(tiny_model_dir, ModelConfig(lora_rank=4, dtype="float32"), torch.device("cpu"), seed=0)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:

@@ -102,14 +102,11 @@ def test_grad_offload_needs_cpu_adamw():
 
 def test_low_precision_full_finetune_needs_fp32_masters():
     with pytest.raises(ConfigError, match="use --optimizer cpu_adamw"):
-        parse_args(["--dtype", "bfloat16"])
+        parse_args(["--dtype", "bfloat16", "--optimizer", "adamw"])
     assert parse_args(["--dtype", "bfloat16", "--optimizer", "cpu_adamw"]).model.dtype == "bfloat16"
-    from distrl.models import resolve_dtype
-    import torch
-
-    assert resolve_dtype("auto", "cuda", lora=False) == torch.float32
-    assert resolve_dtype("auto", "cuda", lora=True) == torch.bfloat16
-    assert resolve_dtype("auto", "cpu", lora=True) == torch.float32
+    assert parse_args(["--dtype", "bfloat16"]).algo.optimizer == "auto"  # auto gives it fp32 masters
+    with pytest.raises(ConfigError, match="--fsdp steps the sharded weights"):
+        parse_args(["--dtype", "bfloat16", "--fsdp", "--num_learners", "2", "--learner_chunk_size", "0"])
 
 
 # A model type of its own (remote code) whose layers are all plain parameters, no nn.Linear:

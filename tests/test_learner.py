@@ -15,7 +15,8 @@ from tests.helpers import ones_fraction
 
 
 def _pair(model_dir, lora_rank=0, lr=1e-3, learner="grpo"):
-    cfg = ModelConfig(lora_rank=lora_rank, lora_alpha=2 * lora_rank or 32)
+    # fp32: the sync proof at its sharpest (bf16's is the fingerprint: tests/test_precision.py).
+    cfg = ModelConfig(lora_rank=lora_rank, lora_alpha=2 * lora_rank or 32, dtype="float32")
     learner_actor = LearnerActor(model_dir, cfg, AlgoConfig(learner=learner, lr=lr), temperature=1.0,
                                  torch_threads=1)
     generator = GenerationActor(model_dir, cfg, torch_threads=1)

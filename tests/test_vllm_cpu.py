@@ -99,7 +99,7 @@ def test_greedy_equals_hf_token_for_token_and_samples_stop_at_eos(smollm, prompt
     vllm = engine(smollm)
     greedy = SamplingParams(n=1, max_new_tokens=24, greedy=True)
     tokenizer = load_tokenizer(smollm)
-    hf = HFBackend(load_policy(smollm, ModelConfig(), torch.device("cpu")).eval(), tokenizer, torch.device("cpu"))
+    hf = HFBackend(load_policy(smollm, ModelConfig(dtype="float32"), torch.device("cpu")).eval(), tokenizer, torch.device("cpu"))
     ours = [g[0].completion_ids for g in vllm.generate(prompts, greedy, policy_version=0)]
     theirs = [g[0].completion_ids for g in hf.generate(prompts, greedy, policy_version=0)]
     assert ours == theirs
@@ -133,7 +133,7 @@ def test_full_update_at_the_default_lr_reaches_the_engine(smollm, prompts, ray_l
     import distrl.generation.vllm_engine as transfer
     from learners.learner_actor import LearnerActor
 
-    learner = LearnerActor(smollm, ModelConfig(), AlgoConfig(), temperature=1.0, torch_threads=2)
+    learner = LearnerActor(smollm, ModelConfig(dtype="float32"), AlgoConfig(), temperature=1.0, torch_threads=2)
     assert learner.algo.lr == 3e-5  # the default
     vllm = engine(smollm)
     weights = learner.publish()
@@ -160,7 +160,7 @@ def test_full_update_at_the_default_lr_reaches_the_engine(smollm, prompts, ray_l
 def test_lora_versions_are_new_adapters_in_the_engine(smollm, prompts, tmp_path, engine):
     from learners.learner_actor import LearnerActor
 
-    model_cfg = ModelConfig(lora_rank=16, lora_alpha=32)
+    model_cfg = ModelConfig(lora_rank=16, lora_alpha=32, dtype="float32")
     learner = LearnerActor(smollm, model_cfg, AlgoConfig(), temperature=1.0, torch_threads=2)
     vllm = engine(smollm, lora_rank=16, tmp_path=tmp_path)
     base = reference(smollm)
@@ -183,7 +183,7 @@ def test_lora_versions_are_new_adapters_in_the_engine(smollm, prompts, tmp_path,
 def test_cli_trains_with_two_vllm_generators_and_the_learner_chunk(tiny_model_dir_vllm, tmp_path):
     from tests.test_system import read_metrics, tiny_run_args, train
 
-    proc = train(tiny_run_args(tiny_model_dir_vllm, "--backend", "vllm"), tmp_path)
+    proc = train(tiny_run_args(tiny_model_dir_vllm, "--backend", "vllm", "--dtype", "float32"), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps = read_metrics(tmp_path)[1:]
     assert [m["policy_version"] for m in steps] == [1, 2]  # each step's rollouts came from the new version

@@ -13,7 +13,7 @@ from transformers import GenerationConfig
 
 from distrl.algorithms import token_logprobs
 from distrl.generation.base import Rollout, SamplingParams
-from distrl.weights import PackedWeights, load_packed
+from distrl.weights import PackedWeights, fingerprint, load_packed
 
 
 class HFBackend:
@@ -23,9 +23,17 @@ class HFBackend:
         ids = ids if isinstance(ids, list) else [ids]
         self.eos_ids = sorted({i for i in ids + [tokenizer.eos_token_id] if i is not None})
         self.pad_id = tokenizer.pad_token_id
+        self.loaded_names: list[str] = []
 
     def load_weights(self, packed: PackedWeights) -> int:
+        self.loaded_names = [slot.name for slot in packed.index]
         return load_packed(dict(self.model.named_parameters()), packed)
+
+    def held_fingerprint(self) -> tuple[float, float]:
+        """The fingerprint of the weights this model now holds, read back from its parameters,
+        over the tensors the last version published."""
+        params = dict(self.model.named_parameters())
+        return fingerprint(params[name] for name in self.loaded_names)
 
     def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(p) for p in prompts)

@@ -30,7 +30,7 @@ import shutil
 from typing import Any, Sequence
 
 from distrl.generation.base import Rollout, SamplingParams
-from distrl.weights import PackedWeights, unpack
+from distrl.weights import PackedWeights, fingerprint, unpack
 
 # vLLM's accepted LoRA ranks (vllm/config/lora.py MaxLoRARanks).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -209,6 +209,20 @@ class VLLMBackend:
         self.llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
         self._wake(["kv_cache"])
         return version
+
+    def held_fingerprint(self) -> tuple[float, float] | None:
+        """Full weights: the fingerprint of the tensors every worker's model loader took in the
+        last sync (the CPU build keeps its weights in packed GEMM copies that cannot be read
+        back). LoRA: the adapter file of the version the engine has registered, read back from
+        disk; None when the engine does not hold that adapter."""
+        if self.lora:
+            if self.lora_request is None or self.lora_request.lora_int_id not in self.llm.llm_engine.list_loras():
+                return None
+            from safetensors.torch import load_file
+
+            return fingerprint(load_file(os.path.join(self.lora_request.lora_path, "adapter_model.safetensors")).values())
+        prints = self.llm.collective_rpc("distrl_loaded_fingerprint")
+        return prints[0] if prints and all(p == prints[0] for p in prints) else None
 
     def _load_adapter(self, packed: PackedWeights) -> int:
         from vllm.lora.request import LoRARequest

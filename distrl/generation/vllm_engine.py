@@ -25,9 +25,10 @@ from vllm.distributed.weight_transfer.base import (WeightTransferEngine, WeightT
                                                    WeightTransferUpdateInfo)
 from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
 
-from distrl.weights import tensor_views
+from distrl.weights import fingerprint, tensor_views
 
 ENGINE_NAME = "distrl_object_store"
+LOADED: dict[str, tuple[float, float]] = {}  # this worker process's last sync
 
 
 def encode_ref(ref: ray.ObjectRef) -> str:
@@ -72,8 +73,16 @@ class DistrlObjectStoreEngine(WeightTransferEngine[DistrlInitInfo, DistrlUpdateI
             raise RuntimeError(f"distrl weight sync: object holds version {packed.policy_version}, "
                                f"expected {update_info.policy_version}")
         names = [name for name, _ in tensor_views(packed)]
-        loaded = self.model.load_weights((name, t.to(self.device, non_blocking=True)) for name, t in tensor_views(packed))
+        taken: list[torch.Tensor] = []
+
+        def feed():  # what the model's loader really pulls, for the fingerprint
+            for name, t in tensor_views(packed):
+                taken.append(t)
+                yield name, t.to(self.device, non_blocking=True)
+
+        loaded = self.model.load_weights(feed())
         check_all_loaded(names, loaded, getattr(self.model, "packed_modules_mapping", {}))
+        LOADED["fingerprint"] = fingerprint(taken)
 
     def finish_weight_update(self) -> None:
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
@@ -124,8 +133,12 @@ def refresh_cpu_packed_weights(model: torch.nn.Module) -> int:
 
 
 class DistrlWorkerExtension:
-    """Named as vLLM's `worker_extension_cls` only so that every worker imports this module (and
-    with it the engine registration); it adds no methods."""
+    """Named as vLLM's `worker_extension_cls` so that every worker imports this module (and with
+    it the engine registration); its method is called on every worker by `collective_rpc`."""
+
+    def distrl_loaded_fingerprint(self) -> tuple[float, float] | None:
+        """The fingerprint of the tensors this worker's model loader took in the last sync."""
+        return LOADED.get("fingerprint")
 
 
 try:

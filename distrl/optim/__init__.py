@@ -10,15 +10,18 @@ import torch
 from distrl.optim.cpu_adamw import CPUAdamW, clip_coef, global_norm, scaled_step
 from distrl.optim.sharded import ShardedCPUAdamW
 
-OPTIMIZERS = ("adamw", "cpu_adamw", "adamw_8bit")
+OPTIMIZERS = ("auto", "adamw", "cpu_adamw", "adamw_8bit")
 
 
 def make_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float,
                    max_grad_norm: float, grad_offload: bool = False, rank: int = 0, world_size: int = 1,
                    cpu_group=None, sharding: str = "zero1"):
     """`adamw` (torch fused), `cpu_adamw` (fp32 masters + moments on CPU; in a learner group of
-    `world_size` > 1, sharded ZeRO-1 style over the ranks), `adamw_8bit` (bitsandbytes)."""
+    `world_size` > 1, sharded ZeRO-1 style over the ranks), `adamw_8bit` (bitsandbytes); `auto`:
+    cpu_adamw when a trained tensor is bf16/fp16 (its update needs an fp32 master), else adamw."""
     params = list(params)
+    if name == "auto":
+        name = "cpu_adamw" if any(p.dtype != torch.float32 for p in params) else "adamw"
     if name == "cpu_adamw" and world_size > 1:
         return ShardedCPUAdamW(params, rank, world_size, sharding, cpu_group, lr=lr, weight_decay=weight_decay,
                                max_grad_norm=max_grad_norm, grad_offload=grad_offload)

@@ -1,0 +1,75 @@
+"""One whole default step in fp32 and in bf16 (what `--dtype auto` picks on a CPU with AMX), side by side.
+
+Each side is a real run of `train_distributed.py` with the default flags (2 generators + the
+learner's chunk, 8 prompts x 8 samples, the default token budget) and the same `--backend`;
+only `--dtype` differs. The first `--warmup` steps are left out (first-call kernels, caches);
+the median of the rest is reported per phase: gen_s (sampling, all actors at once), train_s
+(the learner's forward, backward and update), sync_s (generators loading the new weights),
+reward_s and step_s (the whole step). Evaluation is off, so start-up and held-out passes are
+not timed.
+
+    python bench/step_speed.py [--steps 4] [--warmup 1] [--backend auto] [--model NAME]
+
+Last line: `bf16/fp32 step_s = X.XX`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PHASES = ("gen_s", "reward_s", "train_s", "sync_s", "step_s")
+
+
+def run(dtype: str, args: argparse.Namespace, out: str) -> tuple[dict[str, float], float]:
+    """Medians of each phase over the timed steps, and the run's whole wall time."""
+    cmd = [sys.executable, os.path.join(ROOT, "train_distributed.py"), "--dtype", dtype,
+           "--backend", args.backend, "--max_steps", str(args.steps), "--eval_every", "0",
+           "--plot_every", "0", "--output_dir", out, "--run_name", dtype, *args.extra]
+    if args.model:
+        cmd += ["--model", args.model]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"{dtype} run failed:\n{proc.stderr[-3000:]}")
+    for line in proc.stdout.splitlines():
+        if line.startswith(("dtype auto", "backend auto")):
+            print(f"  {dtype}: {line}", flush=True)
+    with open(os.path.join(out, dtype, "metrics.jsonl")) as f:
+        steps = [m for m in map(json.loads, f) if m.get("step", 0) > args.warmup and "step_s" in m]
+    if not steps:
+        sys.exit(f"{dtype}: no step after the {args.warmup} warm-up step(s); raise --steps")
+    return {k: statistics.median(m[k] for m in steps) for k in PHASES}, wall
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=4, help="steps per run, warm-up included")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--backend", default="auto", help="the same generator backend on both sides")
+    ap.add_argument("--model", default="", help="default: the embedded SmolLM2-135M")
+    ap.add_argument("--bf16", default="auto", help="the bf16 side's --dtype (auto: what a user gets)")
+    args, args.extra = ap.parse_known_args()
+    results = {}
+    with tempfile.TemporaryDirectory() as out:
+        for dtype in ("float32", args.bf16):  # one after the other: the two never share the cores
+            results[dtype], wall = run(dtype, args, out)
+            print(f"{dtype}: {args.steps} steps in {wall:.0f} s", flush=True)
+    fp32, bf16 = results["float32"], results[args.bf16]
+    print(f"median of steps {args.warmup + 1}..{args.steps} (seconds):")
+    print(f"{'phase':<10}{'fp32':>10}{'bf16':>10}{'bf16/fp32':>11}")
+    for k in PHASES:
+        print(f"{k:<10}{fp32[k]:>10.2f}{bf16[k]:>10.2f}{bf16[k] / max(fp32[k], 1e-9):>11.2f}")
+    print(f"bf16/fp32 step_s = {bf16['step_s'] / fp32['step_s']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

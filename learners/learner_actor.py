@@ -29,7 +29,7 @@ from distrl.generation.hf import HFBackend
 from distrl.models import (TrainingKernels, load_policy, load_tokenizer, load_unsloth_policy, low_precision_cpu,
                            pick_device, tokenizer_fingerprint, trainable_parameters, wants_compile, where)
 from distrl import parallel
-from distrl.optim import ShardedCPUAdamW, clip_and_step, make_optimizer
+from distrl.optim import CPUAdamW, ShardedCPUAdamW, clip_and_step, make_optimizer
 from distrl.weights import PackedWeights, WeightPacker
 
 
@@ -314,13 +314,23 @@ class LearnerActor:
     def save(self, path: str) -> str:
         """Write the current policy: a full model folder, or an adapter folder with LoRA (rank 0;
         with FSDP the state is gathered to rank 0's CPU first)."""
-        state = None
+        state, config = None, self.model.config
         if self.fsdp:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
             state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        elif isinstance(self.optimizer, CPUAdamW) and any(self.optimizer.separate) and not self.lora:
+            # bf16/fp16 compute weights: the saved model is the fp32 masters, every update in it.
+            masters = dict(zip(self.params, self.optimizer.masters))
+            state = {name: masters.get(name, t).detach() for name, t in self.model.state_dict().items()}
         if self.rank == 0:
             os.makedirs(path, exist_ok=True)
-            self.model.save_pretrained(path, **({"state_dict": state} if state is not None else {}))
+            dtype = config.dtype
+            if state is not None and any(t.dtype == torch.float32 for t in state.values()):
+                config.dtype = torch.float32  # what the saved tensors are
+            try:
+                self.model.save_pretrained(path, **({"state_dict": state} if state is not None else {}))
+            finally:
+                config.dtype = dtype
             self.tokenizer.save_pretrained(path)
         return path

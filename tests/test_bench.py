@@ -33,3 +33,9 @@ def last_line(script: str, *args: str, timeout: float = 600) -> str:
 ])
 def test_bench_smallest_setting_prints_its_last_line(script, args, pattern):
     assert re.search(pattern, last_line(script, *args)), script
+
+
+def test_step_speed_runs_both_dtypes_on_a_tiny_model(tiny_model_dir):
+    line = last_line("bench/step_speed.py", "--steps", "2", "--model", tiny_model_dir, "--backend", "hf",
+                     "--bf16", "bfloat16", "--batch_size", "4", "--num_candidates", "2", "--max_new_tokens", "4")
+    assert re.fullmatch(r"bf16/fp32 step_s = \d+\.\d\d", line), line

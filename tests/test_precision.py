@@ -105,6 +105,18 @@ def test_a_sync_that_loads_nothing_is_caught_in_bf16(tiny_model_dir, monkeypatch
     assert generator.load_weights(weights) == 1  # the real load passes the same check
 
 
+def test_a_bf16_model_is_saved_as_its_fp32_masters(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    learner, generator = _bf16_pair(tiny_model_dir, 0)
+    generator.load_weights(learner.publish())
+    _one_step(learner, generator)
+    saved = load_file(learner.save(str(tmp_path / "final")) + "/model.safetensors")
+    masters = dict(zip(learner.params, learner.optimizer.masters))
+    assert masters and all(torch.equal(saved[n], m) for n, m in masters.items())
+    assert any(not torch.equal(m.to(torch.bfloat16).float(), m) for m in masters.values())  # not just bf16 values
+
+
 def test_one_default_bf16_step_changes_the_fingerprint(tiny_model_dir):
     """What makes the check able to fail: the new version's fingerprint is not the old one's."""
     learner, generator = _bf16_pair(tiny_model_dir, 0)

@@ -244,3 +244,33 @@ def test_auto_on_the_embedded_model_uses_the_shipped_measurement_and_falls_back_
         capsys.readouterr().out
     assert choose_backend(parse_args(["--lora_rank", "16"]), smollm) == "hf"
     assert "LoRA generation in the CPU engine is not measured faster" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("lora_rank", [0, 16])
+def test_a_bf16_sync_that_loads_nothing_stops_at_the_generator(tiny_model_dir_vllm, ray_local, monkeypatch, lora_rank):
+    """In bf16 one default step moves log-probs less than the engine's rounding (LoRA), so the
+    gap cannot tell a missed sync: every generator checks the weight fingerprint on receipt."""
+    import distrl.generation.vllm_engine as transfer
+    from actors.generation_actor import GenerationActor
+    from distrl.weights import WeightSyncError
+    from learners.learner_actor import LearnerActor
+
+    cfg = ModelConfig(model=tiny_model_dir_vllm, lora_rank=lora_rank, lora_alpha=2 * lora_rank or 32, dtype="bfloat16")
+    learner = LearnerActor(tiny_model_dir_vllm, cfg, AlgoConfig(), temperature=1.0, torch_threads=2)
+    generator = GenerationActor(tiny_model_dir_vllm, cfg, backend="vllm", torch_threads=2, vllm_options=dict(
+        max_model_len=256, kv_cache_gb=0.25, torch_threads=2, device="cpu"))
+    try:
+        assert generator.kind == "vllm" and generator.load_weights([ray_local.put(learner.publish())]) == 0
+        prompts = [encode_prompt(learner.tokenizer, q) for q in ("What is 1+2?", "Hi 7*8?")]
+        rollouts = [r for g in generator.generate(prompts, SamplingParams(n=4, max_new_tokens=8, seed=0)) for r in g]
+        _, weights = learner.step(rollouts, [1.0 if i % 2 else -1.0 for i in range(len(rollouts))])
+        if lora_rank:
+            monkeypatch.setattr(generator.backend.llm.llm_engine, "add_lora", lambda request: True)
+        else:
+            monkeypatch.setattr(transfer.DistrlObjectStoreEngine, "receive_weights", lambda self, info: None)
+        with pytest.raises(WeightSyncError, match="policy version 1: this generator holds other weights"):
+            generator.load_weights([ray_local.put(weights)])
+        monkeypatch.undo()
+        assert generator.load_weights([ray_local.put(weights)]) == 1  # the real load passes the check
+    finally:
+        generator.backend.close()

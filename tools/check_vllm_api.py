@@ -52,6 +52,8 @@ CHECKS = [
     ("vllm.v1.engine.llm_engine", "LLMEngine", "engine_core", "attr", []),  # VLLMBackend.close
     ("vllm.v1.engine.core_client", "EngineCoreClient", "shutdown", "func", []),
     ("vllm.v1.engine.llm_engine", "LLMEngine", "remove_lora", "kwargs", ["lora_id"]),
+    ("vllm.v1.engine.llm_engine", "LLMEngine", "list_loras", "func", []),  # VLLMBackend.held_fingerprint
+    ("vllm.entrypoints.llm", "LLM", "collective_rpc", "kwargs", ["method"]),
     ("vllm.sampling_params", "SamplingParams", None, "fields", ["n", "temperature", "top_p", "top_k", "max_tokens",
                                                                 "logprobs", "seed"]),
     ("vllm.inputs.llm", "TokensPrompt", None, "fields", ["prompt_token_ids"]),

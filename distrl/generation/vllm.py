@@ -91,7 +91,7 @@ class AdapterVersions:
                   os.path.join(path, "adapter_model.safetensors"))
         with open(os.path.join(path, "adapter_config.json"), "w") as f:
             json.dump(adapter_config, f)
-        if self.current is not None:
+        if self.current is not None and self.current[2] != path:  # the same version again: rewritten in place
             self._old.append(self.current)
         self.current = (f"policy-v{version}", version + 1, path)  # vLLM ids start at 1
         return self.current

@@ -1,10 +1,15 @@
 """Exact resume: a run SIGKILLed after step 3 and resumed to step 6 ends where an uninterrupted
-run ends, having seen the same prompts in the same order, across an epoch boundary."""
+run ends, having seen the same prompts in the same order, across an epoch boundary: in fp32, and
+in bf16 with CPUAdamW's fp32 masters, bit for bit."""
 
 import json
 
+import pytest
+import torch
+
 from safetensors.torch import load_file
 
+from distrl.checkpoint import load_state
 from tests.faults.runs import Run, metrics, run_args, write_rows
 
 
@@ -17,12 +22,21 @@ def _prompts_per_step(run_dir):
     return by_step
 
 
-def test_killed_and_resumed_run_equals_the_uninterrupted_one(tiny_model_dir, tmp_path):
+def _flat(state, prefix=""):
+    """Every tensor of a nested optimizer state, by path."""
+    if isinstance(state, torch.Tensor):
+        return {prefix: state}
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, list) else []
+    return {k: v for key, value in items for k, v in _flat(value, f"{prefix}/{key}").items()}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_killed_and_resumed_run_equals_the_uninterrupted_one(tiny_model_dir, tmp_path, dtype):
     # 12 rows, 4 prompts a step: step 3 ends the first epoch exactly, and so does the checkpoint.
     train = write_rows(tmp_path / "train.jsonl", [f"Say {i} ones" for i in range(12)])
     held_out = write_rows(tmp_path / "eval.jsonl", [f"Eval {i}" for i in range(4)])
     common = ["--dataset", train, "--eval_dataset", held_out, "--max_steps", "6", "--save_every", "3",
-              "--seed", "3"]
+              "--seed", "3", "--dtype", dtype]
 
     code, out, err = Run(run_args(tiny_model_dir, tmp_path, "straight", *common)).finish()
     assert code == 0, err[-3000:]
@@ -44,7 +58,15 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_one(tiny_model_dir, tmp
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
     moved = max((a[k] - start[k]).abs().max().item() for k in a)
     print(f"resume exactness: max |param difference| = {diff:.3g} (training moved params by {moved:.3g})")
-    assert diff <= 1e-6 and moved > 1e-3
+    assert diff == 0 and moved > 1e-3
+    assert all(t.dtype == torch.float32 for t in a.values())  # in bf16: the fp32 masters are what is saved
+    # The optimizer state too (with bf16 weights: CPUAdamW's fp32 masters and moments).
+    opt_a = _flat(load_state(str(tmp_path / "straight" / "checkpoints" / "step-000006"), "optimizer"))
+    opt_b = _flat(load_state(str(tmp_path / "broken" / "checkpoints" / "step-000006"), "optimizer"))
+    assert opt_a.keys() == opt_b.keys() and all(torch.equal(opt_a[k], opt_b[k]) for k in opt_a)
+    if dtype == "bfloat16":
+        masters = [t for k, t in opt_a.items() if "/masters/" in k]
+        assert masters and all(t.dtype == torch.float32 for t in masters)
 
     straight, resumed = _prompts_per_step(tmp_path / "straight"), _prompts_per_step(tmp_path / "broken")
     assert straight == resumed  # same prompts, same order, every step

@@ -98,9 +98,11 @@ def test_cpu_adamw_learner_trains_like_adamw(tiny_model_dir):
     """Same rollouts, same advantages: CPUAdamW (forced master copies + grad offload) and torch
     AdamW end with the same weights."""
     results = []
-    for algo in (AlgoConfig(lr=1e-2), AlgoConfig(lr=1e-2, optimizer="cpu_adamw", grad_offload=True)):
-        learner_actor = LearnerActor(tiny_model_dir, ModelConfig(), algo, temperature=1.0, torch_threads=1)
-        generator = GenerationActor(tiny_model_dir, ModelConfig(), torch_threads=1)
+    fp32 = ModelConfig(dtype="float32")
+    for algo in (AlgoConfig(lr=1e-2, optimizer="adamw"), AlgoConfig(lr=1e-2, optimizer="cpu_adamw", grad_offload=True)):
+        learner_actor = LearnerActor(tiny_model_dir, fp32, algo, temperature=1.0, torch_threads=1)
+        assert type(learner_actor.optimizer).__name__ == algo.optimizer.replace("adamw", "AdamW").replace("cpu_", "CPU")
+        generator = GenerationActor(tiny_model_dir, fp32, torch_threads=1)
         generator.load_weights(learner_actor.publish())
         for step in range(3):
             rollouts, adv = _rollouts(generator, learner_actor, seed=step)
@@ -112,9 +114,10 @@ def test_cpu_adamw_learner_trains_like_adamw(tiny_model_dir):
 
 
 def test_adamw_8bit_learner_updates(tiny_model_dir):
-    learner_actor = LearnerActor(tiny_model_dir, ModelConfig(), AlgoConfig(lr=1e-2, optimizer="adamw_8bit"),
+    fp32 = ModelConfig(dtype="float32")  # 8-bit AdamW keeps no fp32 masters
+    learner_actor = LearnerActor(tiny_model_dir, fp32, AlgoConfig(lr=1e-2, optimizer="adamw_8bit"),
                                  temperature=1.0, torch_threads=1)
-    generator = GenerationActor(tiny_model_dir, ModelConfig(), torch_threads=1)
+    generator = GenerationActor(tiny_model_dir, fp32, torch_threads=1)
     generator.load_weights(learner_actor.publish())
     assert type(learner_actor.optimizer).__name__ == "AdamW8bit"
     before = {n: p.detach().clone() for n, p in learner_actor.params.items()}

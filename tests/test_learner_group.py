@@ -60,7 +60,8 @@ def _batch(single: LearnerActor, generator: GenerationActor, step: int):
     (4, "adamw", True, "")])
 def test_two_learners_match_one_learner_after_three_steps(ray_cluster, tiny_model_dir, lora_rank, optimizer, fsdp,
                                                           sharding):
-    cfg = ModelConfig(lora_rank=lora_rank, lora_alpha=2 * lora_rank or 32)
+    # fp32: the group's reductions must equal one learner's to 1e-4 (adamw/FSDP keep no masters).
+    cfg = ModelConfig(lora_rank=lora_rank, lora_alpha=2 * lora_rank or 32, dtype="float32")
     # Clipping active (norms here are ~1-10): a gradient averaged instead of summed over ranks
     # would clip differently and report another norm.
     algo = AlgoConfig(lr=1e-3, optimizer=optimizer, micro_batch_size=3, max_grad_norm=0.5)

@@ -59,7 +59,7 @@ def test_lora_target_modules_limit_the_adapter(tiny_model_dir):
 
 def test_qlora_step_trains_only_the_adapter_and_generators_match(tiny_model_dir_64):
     tiny_model_dir = tiny_model_dir_64
-    cfg = ModelConfig(lora_rank=4, lora_alpha=8, load_in_4bit=True)
+    cfg = ModelConfig(lora_rank=4, lora_alpha=8, load_in_4bit=True, dtype="float32")
     learner = LearnerActor(tiny_model_dir, cfg, AlgoConfig(lr=5e-2), temperature=1.0, torch_threads=1)
     assert any(type(m).__name__ == "Linear4bit" for m in learner.model.modules())
     frozen = {n: p.detach().clone() for n, p in learner.model.named_parameters() if not p.requires_grad}

@@ -191,3 +191,23 @@ def test_compiled_bf16_training_kernels_keep_the_update_and_generation(tiny_mode
     assert learner.model.config._attn_implementation == plain_learner.model.config._attn_implementation
     groups = learner.generate([[5, 6, 7]], SamplingParams(n=2, max_new_tokens=4, seed=0))
     assert len(groups[0]) == 2
+
+
+def test_the_default_run_computes_in_the_cpus_dtype_end_to_end(tiny_model_dir, tmp_path):
+    """The CLI with --dtype auto on this machine: the choice printed, recorded, and every step's
+    gap within that dtype's limit, with the mismatch correction on wherever the dtype is not fp32."""
+    import json
+
+    from distrl.precision import GAP_LIMITS, choose_dtype, dtype_name
+    from tests.test_system import read_metrics, tiny_run_args, train
+
+    expected = dtype_name(choose_dtype("auto", "cpu")[0])
+    proc = train(tiny_run_args(tiny_model_dir, "--dtype", "auto", "--backend", "hf"), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"dtype auto: {expected} (" in proc.stdout
+    with open(tmp_path / "run" / "config.json") as f:
+        assert json.load(f)["model"]["dtype"] == expected  # every actor got the concrete dtype
+    steps = read_metrics(tmp_path)[1:]
+    assert [m["policy_version"] for m in steps] == [1, 2]
+    assert all(m["logprob_gap"] < GAP_LIMITS[expected] for m in steps), [m["logprob_gap"] for m in steps]
+    assert all(("importance_weight" in m) == (expected != "float32") for m in steps)

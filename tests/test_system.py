@@ -23,7 +23,10 @@ def train(args, tmp_path, timeout=600):
 def tiny_run_args(model_dir, *extra):
     return ["--model", model_dir, "--number_of_actors", "2", "--batch_size", "4", "--learner_chunk_size", "1",
             "--num_candidates", "4", "--max_steps", "2", "--max_new_tokens", "8", "--num_eval", "4",
-            "--reward", "tests.helpers:ones_fraction", "--lr", "1e-2", "--learner", "grpo", *extra]
+            "--reward", "tests.helpers:ones_fraction", "--lr", "1e-2", "--learner", "grpo",
+            # fp32: orchestration checked with the sharpest sync proof (gap ~1e-6); the default
+            # dtype end to end (bf16 on an AMX CPU) is tests/test_precision.py's.
+            "--dtype", "float32", *extra]
 
 
 def read_metrics(tmp_path):

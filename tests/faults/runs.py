@@ -18,7 +18,7 @@ def run_args(model_dir: str, out: Path, run_name: str, *extra: str) -> list[str]
     return ["--model", model_dir, "--output_dir", str(out), "--run_name", run_name, "--number_of_actors", "2",
             "--batch_size", "4", "--learner_chunk_size", "1", "--num_candidates", "4", "--max_new_tokens", "8",
             "--num_eval", "4", "--eval_every", "0", "--lr", "1e-2", "--reward", "tests.helpers:gated_ones",
-            "--reward_timeout_s", "120", "--log_samples", "4", *extra]
+            "--reward_timeout_s", "120", "--log_samples", "4", "--dtype", "float32", *extra]
 
 
 class Run:

@@ -71,18 +71,19 @@ def test_a_checkpoint_holding_a_pickle_is_refused(tmp_path):
         checkpoint.check_safe(str(folder))
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "cpu_adamw", "adamw_8bit"])
-def test_learner_state_round_trips_exactly(tiny_model_dir_64, tmp_path, optimizer):
+@pytest.mark.parametrize("optimizer, dtype", [("adamw", "float32"), ("cpu_adamw", "float32"),
+                                              ("cpu_adamw", "bfloat16"), ("adamw_8bit", "float32")])
+def test_learner_state_round_trips_exactly(tiny_model_dir_64, tmp_path, optimizer, dtype):
     """Weights, optimizer moments and version come back bit for bit: the next update of a
     restored learner equals the next update of the one that kept running."""
     from actors.generation_actor import GenerationActor
     from tests.test_learner import _rollouts
 
     def learner():
-        return LearnerActor(tiny_model_dir_64, ModelConfig(), AlgoConfig(lr=1e-2, optimizer=optimizer),
+        return LearnerActor(tiny_model_dir_64, ModelConfig(dtype=dtype), AlgoConfig(lr=1e-2, optimizer=optimizer),
                             temperature=1.0, torch_threads=1)
 
-    running, generator = learner(), GenerationActor(tiny_model_dir_64, ModelConfig(), torch_threads=1)
+    running, generator = learner(), GenerationActor(tiny_model_dir_64, ModelConfig(dtype=dtype), torch_threads=1)
     generator.load_weights(running.publish())
     rollouts, adv = _rollouts(generator, running, seed=0)
     running.step(rollouts, adv)

@@ -15,6 +15,7 @@ Last line: `bf16/fp32 median logprob_gap (vllm, full) = X.XX`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import statistics
@@ -36,7 +37,9 @@ from learners.learner_actor import LearnerActor  # noqa: E402
 
 @torch.no_grad()
 def learner_logprobs(learner: LearnerActor, rollouts: list) -> list[list[float]]:
-    lp = completion_logprobs(learner.model, collate(rollouts, learner.tokenizer.pad_token_id), 1.0).float()
+    # With the kernels the learner's training pass uses (bf16 on CPU: eager attention, compiled layers).
+    with learner.kernels.active() if learner.kernels else contextlib.nullcontext():
+        lp = completion_logprobs(learner.model, collate(rollouts, learner.tokenizer.pad_token_id), 1.0).float()
     return [lp[i, : len(r.completion_ids)].tolist() for i, r in enumerate(rollouts)]
 
 
@@ -82,7 +85,12 @@ def main() -> None:
     for dtype in args.dtypes.split(","):
         for backend in args.backends.split(","):
             for lora_rank in (0, 16):
-                diffs = measure(ray, path, backend, dtype, lora_rank, prompts, sampling)
+                try:
+                    diffs = measure(ray, path, backend, dtype, lora_rank, prompts, sampling)
+                except Exception as e:  # e.g. a dtype this engine does not run on CPU
+                    print(f"| {backend} | {dtype} | {'LoRA r16' if lora_rank else 'full'} | failed: "
+                          f"{str(e).splitlines()[0][:120]} |", flush=True)
+                    continue
                 median = statistics.median(diffs)
                 medians[(backend, dtype, lora_rank)] = median
                 print(f"| {backend} | {dtype} | {'LoRA r16' if lora_rank else 'full'} | {statistics.mean(diffs):.2e} | "

@@ -31,6 +31,7 @@ from distrl.plot import draw as draw_plots
 from distrl.rewards.pool import RewardPool, RewardStats
 from distrl.weights import WeightSyncError
 from launch.calls import ActorLost, generator_lost, settle, wait
+from launch.guards import count_bad_update, count_gap_breach
 from launch.cluster import Actors
 from launch.learner_group import LearnerGroup
 from launch.learning_signal import learning_signal
@@ -77,40 +78,6 @@ def length_percentiles(lengths: list[int]) -> dict[str, float]:
         return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
 
     return {"completion_len_p10": at(0.1), "completion_len_p90": at(0.9), "completion_len_max": float(ordered[-1])}
-
-
-def count_bad_update(in_a_row: int, skipped: bool, limit: int, step: int, version: int,
-                     checkpoint_root: str) -> int:
-    """Updates skipped in a row (non-finite loss or gradient norm) after this one; RunStopped when
-    they reach `limit` (--max_bad_steps), naming the last checkpoint."""
-    if not skipped:
-        return 0
-    in_a_row += 1
-    print(f"warning: step {step}: update skipped (non-finite loss or gradient norm); the weights stay "
-          f"at policy version {version}", file=sys.stderr, flush=True)
-    if in_a_row >= limit:
-        last = checkpoint.latest(checkpoint_root)
-        raise RunStopped(f"{in_a_row} updates in a row were skipped for a non-finite loss or gradient "
-                         f"norm (--max_bad_steps {limit}); the weights stay at policy version {version}; "
-                         + (f"last checkpoint: {last.path}" if last else "no checkpoint was written"))
-    return in_a_row
-
-
-def count_gap_breach(in_a_row: int, gap: float, limit: float, max_in_a_row: int, step: int) -> int:
-    """Synchronous steps in a row whose logprob_gap exceeded `limit`, after this one; warns on each,
-    RunStopped at `max_in_a_row`: generators that sample other numbers than the learner computes
-    (a half-loaded sync, another model) make every update off by an unknown amount."""
-    if gap <= limit:
-        return 0
-    in_a_row += 1
-    print(f"warning: step {step}: logprob_gap {gap:.2e} is above {limit:g} (--max_logprob_gap): the "
-          "generators' log-probs differ from the learner's by more than this dtype's rounding",
-          file=sys.stderr, flush=True)
-    if in_a_row >= max_in_a_row:
-        raise RunStopped(f"logprob_gap above {limit:g} for {in_a_row} steps in a row: the generators do not "
-                         "sample from the weights the learner trains (a failed sync?); if the gap is expected "
-                         "(e.g. another engine's numerics), raise --max_logprob_gap")
-    return in_a_row
 
 
 class Trainer:

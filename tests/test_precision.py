@@ -11,7 +11,7 @@ from distrl.generation import SamplingParams
 from distrl.optim import CPUAdamW, make_optimizer
 from distrl.precision import choose_dtype
 from distrl.weights import WeightSyncError, same_fingerprint
-from launch.driver import count_gap_breach
+from launch.guards import count_gap_breach
 from learners.learner_actor import LearnerActor
 
 AMX = {"fpu", "avx512f", "amx_tile", "amx_bf16"}

@@ -120,7 +120,7 @@ def test_a_pickle_checkpoint_is_refused_before_anything_starts(tiny_model_dir, t
 
 def test_the_run_stops_after_max_bad_steps_skipped_updates_in_a_row(tmp_path):
     from distrl.config import RunStopped
-    from launch.driver import count_bad_update
+    from launch.guards import count_bad_update
 
     root = str(tmp_path / "checkpoints")
     in_a_row = 0

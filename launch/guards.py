@@ -1,0 +1,45 @@
+"""Checks that stop a run when something keeps going wrong step after step: updates skipped for
+non-finite numbers, and generators whose log-probs drift from the learner's. Each counts bad
+steps in a row, warns on every one, and raises RunStopped at its limit; the driver calls them
+once per step and keeps the counts."""
+
+from __future__ import annotations
+
+import sys
+
+from distrl import checkpoint
+from distrl.config import RunStopped
+
+
+def count_bad_update(in_a_row: int, skipped: bool, limit: int, step: int, version: int,
+                     checkpoint_root: str) -> int:
+    """Updates skipped in a row (non-finite loss or gradient norm) after this one; RunStopped when
+    they reach `limit` (--max_bad_steps), naming the last checkpoint."""
+    if not skipped:
+        return 0
+    in_a_row += 1
+    print(f"warning: step {step}: update skipped (non-finite loss or gradient norm); the weights stay "
+          f"at policy version {version}", file=sys.stderr, flush=True)
+    if in_a_row >= limit:
+        last = checkpoint.latest(checkpoint_root)
+        raise RunStopped(f"{in_a_row} updates in a row were skipped for a non-finite loss or gradient "
+                         f"norm (--max_bad_steps {limit}); the weights stay at policy version {version}; "
+                         + (f"last checkpoint: {last.path}" if last else "no checkpoint was written"))
+    return in_a_row
+
+
+def count_gap_breach(in_a_row: int, gap: float, limit: float, max_in_a_row: int, step: int) -> int:
+    """Synchronous steps in a row whose logprob_gap exceeded `limit`, after this one; warns on each,
+    RunStopped at `max_in_a_row`: generators that sample other numbers than the learner computes
+    (a half-loaded sync, another model) make every update off by an unknown amount."""
+    if gap <= limit:
+        return 0
+    in_a_row += 1
+    print(f"warning: step {step}: logprob_gap {gap:.2e} is above {limit:g} (--max_logprob_gap): the "
+          "generators' log-probs differ from the learner's by more than this dtype's rounding",
+          file=sys.stderr, flush=True)
+    if in_a_row >= max_in_a_row:
+        raise RunStopped(f"logprob_gap above {limit:g} for {in_a_row} steps in a row: the generators do not "
+                         "sample from the weights the learner trains (a failed sync?); if the gap is expected "
+                         "(e.g. another engine's numerics), raise --max_logprob_gap")
+    return in_a_row

@@ -252,7 +252,7 @@ class RunConfig:
     num_cpus_per_actor: float = _field(0.5, "CPUs Ray reserves for each actor.")
     num_gpus_per_actor: float = _field(0.0, "GPUs Ray reserves for each actor (1 on a GPU box).")
     torch_threads: int = _field(0, "Torch threads per actor; 0 = auto (generators 1, learner all "
-                                "cores of its node).")
+                                "cores of its node to train, 1 to sample beside generators).")
     timeout_s: float = _field(1800.0, "Deadline for any single remote call (generation, learning).")
     sync_timeout_s: float = _field(120.0, "Deadline for every generator to load a new policy version; "
                                    "a generator that misses it stops the run with its name.")

@@ -16,7 +16,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.generation_actor import GenerationActor
-from distrl.config import ConfigError, TrainConfig
+from distrl.config import ConfigError, RunConfig, TrainConfig
 from distrl.generation.base import model_shape, vllm_device
 from learners.learner_actor import LearnerActor
 from learners.reference_actor import ReferenceActor
@@ -143,6 +143,15 @@ def engine_max_len(cfg: TrainConfig, model_path: str) -> int:
     return min(need, limit) if limit else need
 
 
+def learner_sample_threads(run: RunConfig) -> int:
+    """Threads the learner samples its chunk with: with generators running beside it, one, like
+    each of them. Sampling a few dozen sequences is op overhead, not matrix work: one thread is
+    as fast as two alone, and two threads on cores the generators also use stall each other
+    (16 samples of SmolLM2 in bf16 next to two vLLM engines on 2 cores: 7.0 s with 2 threads,
+    5.0 s with 1). 0 (its training threads) with --torch_threads or without generators."""
+    return 1 if run.number_of_actors and not run.torch_threads else 0
+
+
 def create_actors(cfg: TrainConfig, model_path: str) -> Actors:
     """Named actors (distrl-learner[-r], distrl-generator-i, distrl-reference), each in its bundle
     of one placement group, all started; learner ranks joined into one process group."""
@@ -159,7 +168,8 @@ def create_actors(cfg: TrainConfig, model_path: str) -> Actors:
         model_path, cfg.model, cfg.algo, cfg.sampling.temperature, ref_mode=cfg.ref_mode,
         seed=run.seed, torch_threads=run.torch_threads, max_staleness=run.async_staleness,
         max_new_tokens=cfg.sampling.max_new_tokens, world_size=n,
-        correct_mismatch=cfg.corrects_mismatch) for r, name in enumerate(learner_names(n))]
+        correct_mismatch=cfg.corrects_mismatch, sample_threads=learner_sample_threads(run))
+        for r, name in enumerate(learner_names(n))]
     vllm = dict(tensor_parallel_size=run.gpus_per_actor, gpu_memory_utilization=run.gpu_memory_utilization,
                 max_model_len=engine_max_len(cfg, model_path), device=vllm_device(run.num_gpus_per_actor), colocate=run.colocate, kv_cache_gb=run.vllm_kv_cache_gb,
                 torch_threads=run.torch_threads or 1)

@@ -93,6 +93,7 @@ class Trainer:
         self.weights_ref = None  # the learner's newest published weights
         self.gen_weights_ref = None  # the weights the generators hold (or are loading)
         self.generator_restarts = self.bad_steps = self.gap_breaches = 0
+        self.started = time.perf_counter()  # train() restarts it; the clock of --time_budget_s
         self.gap_limit = cfg.run.max_logprob_gap or GAP_LIMITS.get(cfg.model.dtype, GAP_LIMITS["bfloat16"])
         self._too_long: set[int] = set()  # training rows over --max_prompt_tokens
         self.evals: dict[int, float] = {}
@@ -373,6 +374,7 @@ class Trainer:
         for s in range(step, min(step + self.cfg.run.pipeline_depth, self.cfg.run.max_steps) + 1):
             if s not in self._pending:
                 self._pending[s] = self._new_batch(s)
+            if not any(w > 0 for w in self._pending[s].refs):
                 self._launch(self._pending[s], "generators")
         if 0 not in self._pending[step].refs:
             self._launch(self._pending[step], "learner")
@@ -442,6 +444,19 @@ class Trainer:
                        sum(x.tokens for x in rounds))
         return merged, used
 
+    def _sample_during_sync(self, step: int) -> bool:
+        """In lockstep, the learner samples its chunk of the next batch while the generators load
+        the weights it just made (their own chunks queue behind the load). Not with
+        --dynamic_sampling, whose extra rounds draw prompts before the next batch's, nor when the
+        run stops after this step."""
+        run = self.cfg.run
+        return (run.pipeline_depth == 0 and not run.dynamic_sampling and step < run.max_steps
+                and not self._out_of_time())
+
+    def _out_of_time(self) -> bool:
+        budget = self.cfg.run.time_budget_s
+        return budget > 0 and time.perf_counter() - self.started >= budget
+
     def step(self, step: int) -> dict:
         cfg, t0 = self.cfg, time.perf_counter()
         self._launch_ahead(step)
@@ -475,6 +490,9 @@ class Trainer:
         if max(rnd.staleness) == 0:  # off-policy rollouts: the gap measures lag too
             self.gap_breaches = count_gap_breach(self.gap_breaches, train["logprob_gap"], self.gap_limit,
                                                  cfg.run.max_bad_steps, step)
+        if self._sample_during_sync(step):  # the learner holds the new weights already
+            self._pending[step + 1] = self._new_batch(step + 1)
+            self._launch(self._pending[step + 1], "learner")
         sync_s = 0.0
         if self.policy_version != self.gen_version and self.policy_version % cfg.run.weight_sync_every == 0:
             sync_s = self._sync(weights_ref, self.policy_version, block=cfg.run.pipeline_depth == 0)
@@ -536,11 +554,10 @@ class Trainer:
         bar = tqdm(total=cfg.run.max_steps, desc="steps", unit="step", disable=not sys.stdout.isatty(),
                    leave=False)
         bar.update(self.start_step)
-        started = time.perf_counter()
+        self.started = time.perf_counter()
         for step in range(self.start_step + 1, cfg.run.max_steps + 1):
             metrics = self.step(step)
-            last = step == cfg.run.max_steps or (
-                cfg.run.time_budget_s > 0 and time.perf_counter() - started >= cfg.run.time_budget_s)
+            last = step == cfg.run.max_steps or self._out_of_time()
             if last or (cfg.run.eval_every and step % cfg.run.eval_every == 0):
                 metrics.update(self.evaluate())
                 evals[step] = metrics["eval_accuracy"]
@@ -572,6 +589,6 @@ class Trainer:
                 median_step_s=statistics.median(m["step_s"] for m in history),
                 tokens_per_s=statistics.median(m["tokens_per_s"] for m in history),
                 logprob_gap=statistics.median(m["logprob_gap"] for m in history),
-                train_minutes=(time.perf_counter() - started) / 60)
+                train_minutes=(time.perf_counter() - self.started) / 60)
         return summary
 

@@ -37,19 +37,21 @@ class LearnerActor:
     def __init__(self, model_path: str, model_cfg: ModelConfig, algo_cfg: AlgoConfig,
                  temperature: float, ref_mode: str = "none", seed: int = 0, torch_threads: int = 0,
                  max_staleness: int = 0, max_new_tokens: int = 0, world_size: int = 1,
-                 cpu_adamw_sharding: str = "zero1", correct_mismatch: bool = False) -> None:
+                 cpu_adamw_sharding: str = "zero1", correct_mismatch: bool = False,
+                 sample_threads: int = 0) -> None:
         """`max_staleness` > 0: take rollouts up to that many versions old, with decoupled PPO.
         `max_new_tokens`: the generation budget, Dr. GRPO's constant loss normaliser.
         `world_size` > 1: one rank of a learner group; it trains once `join_group` ran.
         `cpu_adamw_sharding`: who owns CPUAdamW's state in a group (`zero1`; `rank0` for the bench).
         `correct_mismatch`: weight on-policy tokens by the truncated pi_learner / pi_generator too
-        (generators with other numerics: bf16, vLLM), as off-policy ones always are."""
+        (generators with other numerics: bf16, vLLM), as off-policy ones always are.
+        `sample_threads`: torch threads while it samples its chunk (0: its training threads)."""
         # Auto: the node's cores, shared by the learner ranks (placed together by default).
         torch.set_num_threads(torch_threads if torch_threads > 0 else max(1, (os.cpu_count() or 1) // world_size))
         torch.manual_seed(seed)
         self.algo, self.temperature, self.ref_mode = algo_cfg, temperature, ref_mode
         self.max_staleness, self.max_new_tokens = max_staleness, max_new_tokens
-        self.correct_mismatch = correct_mismatch
+        self.correct_mismatch, self.sample_threads = correct_mismatch, sample_threads
         self.device = pick_device()
         self.tokenizer = load_tokenizer(model_path, model_cfg.trust_remote_code)
         if model_cfg.unsloth:
@@ -118,7 +120,12 @@ class LearnerActor:
         return self.packer.pack(self.params, self.policy_version) if self.rank == 0 else None
 
     def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[list[Rollout]]:
-        return self.backend.generate(prompts, sampling, self.policy_version)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.sample_threads or threads)
+        try:
+            return self.backend.generate(prompts, sampling, self.policy_version)
+        finally:
+            torch.set_num_threads(threads)
 
     def step(self, rollouts: list[Rollout], advantages: list[float], ref_logprobs: list[list[float]] | None = None,
              batch_totals: tuple[float, int] | None = None,

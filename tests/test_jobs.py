@@ -87,3 +87,41 @@ def test_job_succeeds_fails_and_stops_cleanly(head, tiny_model_dir, tmp_path):
             break
         assert time.time() < deadline, f"left behind: actors {alive}, placement groups {groups}"
         time.sleep(2)
+
+
+def _ms(stamp) -> float:
+    """A task's time from `ray list tasks --detail` (epoch ms, or an ISO string in some versions)."""
+    if isinstance(stamp, (int, float)):
+        return float(stamp)
+    from datetime import datetime
+
+    return datetime.fromisoformat(str(stamp)).timestamp() * 1000
+
+
+def test_in_lockstep_the_learner_samples_its_next_chunk_while_the_generators_load(head, tiny_model_dir,
+                                                                                  tmp_path):
+    """Ray's own task records of a lockstep run: after each update but the last, the learner's next
+    generate call is sent before every generator has finished loading the new weights (it holds
+    them already), and each generator's next generate waits for its load."""
+    job = submit(*tiny_run_args(tiny_model_dir, "--max_steps", "3", "--output_dir", str(tmp_path),
+                                "--run_name", "overlap"))
+    assert wait_for(job, {"SUCCEEDED", "FAILED"}) == "SUCCEEDED", ray_cli("job", "logs", job).stdout[-3000:]
+    job_id = next(j["job_id"] for j in listing("jobs") if j.get("submission_id") == job)
+    tasks = json.loads(ray_cli("list", "tasks", "--detail", "--format", "json", "--limit", "10000",
+                               "--filter", f"job_id={job_id}").stdout)
+
+    def calls(name):
+        return sorted((t for t in tasks if t["func_or_class_name"] == name), key=lambda t: _ms(t["creation_time_ms"]))
+
+    updates, samples = calls("LearnerActor.step"), calls("LearnerActor.generate")
+    loads, gens = calls("GenerationActor.load_weights"), calls("GenerationActor.generate")
+    assert len(updates) == 3 and len(samples) == 3
+    for update, sample in zip(updates[:-1], samples[1:]):
+        done = _ms(update["end_time_ms"])
+        its_loads = [t for t in loads if _ms(t["creation_time_ms"]) >= done][:2]
+        assert len(its_loads) == 2
+        assert _ms(sample["creation_time_ms"]) < min(_ms(t["end_time_ms"]) for t in its_loads)
+        for load in its_loads:  # the generator's next chunk runs on the weights it loaded
+            after = next(t for t in gens if t["actor_id"] == load["actor_id"]
+                         and _ms(t["creation_time_ms"]) >= _ms(load["creation_time_ms"]))
+            assert _ms(after["start_time_ms"]) >= _ms(load["end_time_ms"])

@@ -155,3 +155,30 @@ def test_model_generation_config_does_not_change_sampling(tmp_path, tiny_model_d
         groups = generator.generate([[5, 6, 7]], SamplingParams(n=4, max_new_tokens=12, seed=3))
         outputs.append([r.completion_ids for r in groups[0]])
     assert outputs[0] == outputs[1]
+
+
+def test_the_learner_samples_with_its_sample_threads_and_trains_with_its_own(tiny_model_dir):
+    """Beside generators the learner samples with one thread (launch/cluster.py); its training
+    threads are back for the update, also after a failed generate call."""
+    from launch.cluster import learner_sample_threads
+    from distrl.config import parse_args
+
+    assert learner_sample_threads(parse_args(["--number_of_actors", "2"]).run) == 1
+    assert learner_sample_threads(parse_args(["--number_of_actors", "2", "--torch_threads", "2"]).run) == 0
+    assert learner_sample_threads(parse_args(["--number_of_actors", "0", "--learner_chunk_size", "8"]).run) == 0
+    threads = torch.get_num_threads()
+    try:
+        learner_actor = LearnerActor(tiny_model_dir, ModelConfig(dtype="float32"), AlgoConfig(), temperature=1.0,
+                                     torch_threads=2, sample_threads=1)
+        seen = []
+        backend_generate = learner_actor.backend.generate
+        learner_actor.backend.generate = lambda *a: seen.append(torch.get_num_threads()) or backend_generate(*a)
+        prompts = [encode_prompt(learner_actor.tokenizer, "What is 1+2?")]
+        groups = learner_actor.generate(prompts, SamplingParams(n=2, max_new_tokens=4, seed=0))
+        assert len(groups[0]) == 2 and seen == [1] and torch.get_num_threads() == 2
+        learner_actor.backend.generate = lambda *a: 1 / 0
+        with pytest.raises(ZeroDivisionError):
+            learner_actor.generate(prompts, SamplingParams(n=2, max_new_tokens=4, seed=0))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)

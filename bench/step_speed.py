@@ -8,7 +8,11 @@ the median of the rest is reported per phase: gen_s (sampling, all actors at onc
 reward_s and step_s (the whole step). Evaluation is off, so start-up and held-out passes are
 not timed.
 
-    python bench/step_speed.py [--steps 4] [--warmup 1] [--backend auto] [--model NAME]
+A shared machine's speed drifts (this one's bf16 matmul rate moved between 390 and 660 GFLOP/s
+within a minute). `--repeats N` runs the pair N times, alternating fp32 and bf16, and takes each
+side's median over all its timed steps, so a slow spell falls on both sides.
+
+    python bench/step_speed.py [--steps 4] [--warmup 1] [--repeats 1] [--backend auto] [--model NAME]
 
 Last line: `bf16/fp32 step_s = X.XX`.
 """
@@ -28,11 +32,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHASES = ("gen_s", "reward_s", "train_s", "sync_s", "step_s")
 
 
-def run(dtype: str, args: argparse.Namespace, out: str) -> tuple[dict[str, float], float]:
-    """Medians of each phase over the timed steps, and the run's whole wall time."""
+def run(dtype: str, args: argparse.Namespace, out: str, name: str) -> tuple[list[dict], float]:
+    """The timed steps' metrics, and the run's whole wall time."""
     cmd = [sys.executable, os.path.join(ROOT, "train_distributed.py"), "--dtype", dtype,
            "--backend", args.backend, "--max_steps", str(args.steps), "--eval_every", "0",
-           "--plot_every", "0", "--output_dir", out, "--run_name", dtype, *args.extra]
+           "--plot_every", "0", "--output_dir", out, "--run_name", name, *args.extra]
     if args.model:
         cmd += ["--model", args.model]
     start = time.perf_counter()
@@ -43,28 +47,32 @@ def run(dtype: str, args: argparse.Namespace, out: str) -> tuple[dict[str, float
     for line in proc.stdout.splitlines():
         if line.startswith(("dtype auto", "backend auto")):
             print(f"  {dtype}: {line}", flush=True)
-    with open(os.path.join(out, dtype, "metrics.jsonl")) as f:
+    with open(os.path.join(out, name, "metrics.jsonl")) as f:
         steps = [m for m in map(json.loads, f) if m.get("step", 0) > args.warmup and "step_s" in m]
     if not steps:
         sys.exit(f"{dtype}: no step after the {args.warmup} warm-up step(s); raise --steps")
-    return {k: statistics.median(m[k] for m in steps) for k in PHASES}, wall
+    return steps, wall
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=4, help="steps per run, warm-up included")
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=1, help="run the pair N times, alternating the sides")
     ap.add_argument("--backend", default="auto", help="the same generator backend on both sides")
     ap.add_argument("--model", default="", help="default: the embedded SmolLM2-135M")
     ap.add_argument("--bf16", default="auto", help="the bf16 side's --dtype (auto: what a user gets)")
     args, args.extra = ap.parse_known_args()
-    results = {}
+    steps: dict[str, list[dict]] = {"float32": [], args.bf16: []}
     with tempfile.TemporaryDirectory() as out:
-        for dtype in ("float32", args.bf16):  # one after the other: the two never share the cores
-            results[dtype], wall = run(dtype, args, out)
-            print(f"{dtype}: {args.steps} steps in {wall:.0f} s", flush=True)
-    fp32, bf16 = results["float32"], results[args.bf16]
-    print(f"median of steps {args.warmup + 1}..{args.steps} (seconds):")
+        for r in range(args.repeats):
+            for dtype in steps:  # one after the other: the two never share the cores
+                timed, wall = run(dtype, args, out, f"{dtype}-{r}")
+                steps[dtype] += timed
+                print(f"{dtype} (run {r + 1}/{args.repeats}): {args.steps} steps in {wall:.0f} s, "
+                      "step_s " + " ".join(f"{m['step_s']:.1f}" for m in timed), flush=True)
+    fp32, bf16 = ({k: statistics.median(m[k] for m in steps[d]) for k in PHASES} for d in steps)
+    print(f"median of steps {args.warmup + 1}..{args.steps} over {args.repeats} run(s) per side (seconds):")
     print(f"{'phase':<10}{'fp32':>10}{'bf16':>10}{'bf16/fp32':>11}")
     for k in PHASES:
         print(f"{k:<10}{fp32[k]:>10.2f}{bf16[k]:>10.2f}{bf16[k] / max(fp32[k], 1e-9):>11.2f}")

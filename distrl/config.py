@@ -164,9 +164,12 @@ class AlgoConfig:
                            "weigh equally) or seq_mean_token_mean (each sequence weighs equally).",
                            choices=list(LOSS_AGGREGATIONS))
     std_floor: float = _field(1e-4, "Groups whose reward std is below this get advantage 0.")
-    micro_batch_size: int = _field(8, "Sequences per forward/backward pass.")
+    micro_batch_size: int = _field(0, "Sequences per forward/backward pass; 0 = auto: 32 where the "
+                                   "learner trains in bf16/fp16 on CPU (AMX pays on long matrices), "
+                                   "else 8.")
     max_tokens_per_microbatch: int = _field(0, "Also cap each micro-batch at this many padded tokens "
-                                            "(rows x longest row; rows grouped by length); 0 = no cap.")
+                                            "(rows x longest row; rows grouped by length); 0 = no cap "
+                                            "(2048 with the auto micro-batch of 32).")
     logprob_chunk_size: int = _field(0, "Compute log-probs from the last hidden states this many "
                                      "completion positions at a time, so the full (B, T, vocab) "
                                      "logits never exist at once; 0 = one full forward.")
@@ -208,8 +211,8 @@ class AlgoConfig:
             raise ConfigError(f"--beta must be >= 0, got {self.beta}")
         if self.grad_offload and self.optimizer != "cpu_adamw":
             raise ConfigError("--grad_offload needs --optimizer cpu_adamw")
-        if self.micro_batch_size < 1:
-            raise ConfigError(f"--micro_batch_size must be >= 1, got {self.micro_batch_size}")
+        if self.micro_batch_size < 0:
+            raise ConfigError(f"--micro_batch_size must be >= 1 (0 = auto), got {self.micro_batch_size}")
         for name in ("clip_eps", "clip_eps_low", "clip_eps_high", "min_group_std", "entropy_coef",
                      "overlong_buffer", "overlong_penalty"):
             if getattr(self, name) < 0:

@@ -21,7 +21,7 @@ import time
 import torch
 
 from distrl.algorithms import policy_loss
-from distrl.batch import Collated, collate, completion_logprobs, plan_microbatches
+from distrl.batch import Collated, collate, completion_logprobs, microbatch_limits, plan_microbatches
 from distrl.checkpoint import check_safe, load_state, save_state
 from distrl.config import AlgoConfig, ModelConfig
 from distrl.generation import Rollout, SamplingParams
@@ -146,7 +146,8 @@ class LearnerActor:
         num_tokens, num_seqs = batch_totals or (float(sum(len(r.completion_ids) for r in rollouts)), len(rollouts))
         totals: dict[str, float] = {}
         lengths = [len(r.prompt_ids) + len(r.completion_ids) for r in rollouts]
-        plans = plan_microbatches(lengths, self.algo.micro_batch_size, self.algo.max_tokens_per_microbatch)
+        plans = plan_microbatches(lengths, *microbatch_limits(self.algo.micro_batch_size,
+                                                              self.algo.max_tokens_per_microbatch, self.kernels is not None))
         if self.fsdp:
             plans += [[]] * (parallel.max_over_ranks(len(plans), self.device) - len(plans))
         with self.kernels.active() if self.kernels else contextlib.nullcontext():

@@ -21,7 +21,7 @@ class ReferenceActor:
                  micro_batch_size: int = 8, torch_threads: int = 1) -> None:
         torch.set_num_threads(max(1, torch_threads))
         self.device = pick_device()
-        self.temperature, self.micro_batch_size = temperature, micro_batch_size
+        self.temperature, self.micro_batch_size = temperature, micro_batch_size or 8  # 0: auto
         tokenizer = load_tokenizer(model_path, model_cfg.trust_remote_code)
         self.pad_id, self.fingerprint = tokenizer.pad_token_id, tokenizer_fingerprint(tokenizer)
         self.model = load_policy(model_path, dataclasses.replace(model_cfg, lora_rank=0), self.device)

@@ -66,3 +66,12 @@ def test_chunked_logprobs_work_through_a_lora_adapter(tiny_model_dir):
     batch = collate(_rollouts(), pad_id=0)
     assert torch.allclose(completion_logprobs(model, batch, 1.0),
                           completion_logprobs(model, batch, 1.0, chunk_size=2), atol=1e-5)
+
+
+def test_auto_microbatch_limits():
+    from distrl.batch import microbatch_limits
+
+    assert microbatch_limits(0, 0, low_precision_cpu=True) == (32, 2048)
+    assert microbatch_limits(0, 512, low_precision_cpu=True) == (32, 512)
+    assert microbatch_limits(0, 0, low_precision_cpu=False) == (8, 0)
+    assert microbatch_limits(4, 0, low_precision_cpu=True) == (4, 0)

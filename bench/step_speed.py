@@ -63,6 +63,8 @@ def main() -> None:
     ap.add_argument("--model", default="", help="default: the embedded SmolLM2-135M")
     ap.add_argument("--bf16", default="auto", help="the bf16 side's --dtype (auto: what a user gets)")
     args, args.extra = ap.parse_known_args()
+    if args.bf16 == "float32" or args.repeats < 1:
+        ap.error("--bf16 must be a low-precision dtype (auto, bfloat16, float16) and --repeats >= 1")
     steps: dict[str, list[dict]] = {"float32": [], args.bf16: []}
     with tempfile.TemporaryDirectory() as out:
         for r in range(args.repeats):

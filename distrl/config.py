@@ -120,14 +120,24 @@ class SamplingConfig:
     max_new_tokens: int = _field(16, "Longest completion, in tokens.")
     temperature: float = _field(0.7, "Sampling temperature (log-probs are taken at this temperature).")
     top_p: float = _field(1.0, "Nucleus sampling; 1.0 = off.")
+    eval_max_new_tokens: int = _field(0, "Token budget of held-out evaluation, its own so that a short "
+                                      "training budget cannot cut answers off and count them wrong; "
+                                      "0 = max(48, --max_new_tokens).")
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ConfigError(f"--max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.eval_max_new_tokens < 0:
+            raise ConfigError(f"--eval_max_new_tokens must be >= 1 (0 = auto), got {self.eval_max_new_tokens}")
         if self.temperature <= 0:
             raise ConfigError(f"--temperature must be > 0, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"--top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def eval_tokens(self) -> int:
+        """The evaluation budget: --eval_max_new_tokens, or max(48, --max_new_tokens)."""
+        return self.eval_max_new_tokens or max(48, self.max_new_tokens)
 
 
 @dataclass(frozen=True)
@@ -262,7 +272,7 @@ class RunConfig:
     gpus_per_actor: int = _field(1, "vLLM: GPUs per generation actor (its tensor-parallel size).")
     gpu_memory_utilization: float = _field(0.85, "vLLM: fraction of each GPU the engine may take.")
     max_model_len: int = _field(0, "vLLM: longest prompt + completion; 0 = --max_prompt_tokens + "
-                                "--max_new_tokens.")
+                                "the larger of --max_new_tokens and the evaluation budget.")
     vllm_kv_cache_gb: float = _field(1.0, "vLLM on CPU: KV cache GiB per engine (on CPU vLLM's memory "
                                      "fraction would be of the machine's RAM, per engine).")
     colocate: bool = _field(False, "vLLM on one GPU: the learner and one generator share it; the "

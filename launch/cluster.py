@@ -138,7 +138,7 @@ def engine_max_len(cfg: TrainConfig, model_path: str) -> int:
     in preflight) plus the completion budget, within the model's position limit."""
     if cfg.run.max_model_len or cfg.run.backend != "vllm":
         return cfg.run.max_model_len
-    need = cfg.data.max_prompt_tokens + cfg.sampling.max_new_tokens
+    need = cfg.data.max_prompt_tokens + max(cfg.sampling.max_new_tokens, cfg.sampling.eval_tokens)
     limit = model_shape(model_path, cfg.model.trust_remote_code)["max_len"]
     return min(need, limit) if limit else need
 

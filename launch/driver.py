@@ -31,7 +31,7 @@ from distrl.plot import draw as draw_plots
 from distrl.rewards.pool import RewardPool, RewardStats
 from distrl.weights import WeightSyncError
 from launch.calls import ActorLost, generator_lost, settle, wait
-from launch.guards import count_bad_update, count_gap_breach
+from launch.guards import count_bad_update, count_eval_drop, count_gap_breach
 from launch.cluster import Actors
 from launch.learner_group import LearnerGroup
 from launch.learning_signal import learning_signal
@@ -92,11 +92,13 @@ class Trainer:
         self.gen_version = 0  # the generators' (after the loads already submitted)
         self.weights_ref = None  # the learner's newest published weights
         self.gen_weights_ref = None  # the weights the generators hold (or are loading)
-        self.generator_restarts = self.bad_steps = self.gap_breaches = 0
+        self.generator_restarts = self.bad_steps = self.gap_breaches = self.eval_drops = 0
         self.started = time.perf_counter()  # train() restarts it; the clock of --time_budget_s
+        self.budget_spent = False
         self.gap_limit = cfg.run.max_logprob_gap or GAP_LIMITS.get(cfg.model.dtype, GAP_LIMITS["bfloat16"])
         self._too_long: set[int] = set()  # training rows over --max_prompt_tokens
         self.evals: dict[int, float] = {}
+        self.eval_cut: dict[int, float] = {}  # step -> fraction of held-out answers cut off at the budget
         self.start_step = 0
         self._loading: tuple[list[Any], int] | None = None
         self._pending: dict[int, Batch] = {}  # launched, not yet trained on
@@ -275,22 +277,24 @@ class Trainer:
             self._sync(self.weights_ref, self.policy_version)
         cfg, rows = self.cfg, self.setup.eval_rows
         prompts = [self._encode(rows, i) for i in range(len(rows))]
-        greedy = SamplingParams(n=1, max_new_tokens=cfg.sampling.max_new_tokens, greedy=True)
-        correct, lengths = self._eval_pass(prompts, greedy)
+        greedy = SamplingParams(n=1, max_new_tokens=cfg.sampling.eval_tokens, greedy=True)
+        correct, lengths, cut = self._eval_pass(prompts, greedy)
         out = {"eval_accuracy": sum(1.0 for c in correct if c > 0.5) / len(correct),
-               "eval_len_mean": sum(lengths) / len(lengths)}
+               "eval_len_mean": sum(lengths) / len(lengths), "eval_truncated_frac": cut}
         if cfg.run.eval_samples:
             k = cfg.run.eval_samples
-            sampled = SamplingParams(n=k, max_new_tokens=cfg.sampling.max_new_tokens,
+            sampled = SamplingParams(n=k, max_new_tokens=cfg.sampling.eval_tokens,
                                      temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
                                      seed=cfg.run.seed * 100_003 + 99_991)
-            correct, _ = self._eval_pass(prompts, sampled)
+            correct, _, _ = self._eval_pass(prompts, sampled)
             hits = [any(c > 0.5 for c in correct[i * k:(i + 1) * k]) for i in range(len(prompts))]
             out["eval_pass_at_k"] = sum(hits) / len(hits)
         return out
 
-    def _eval_pass(self, prompts: list[list[int]], sampling: SamplingParams) -> tuple[list[float], list[int]]:
-        """Main-reward scores and completion lengths of every held-out completion, flat, in order."""
+    def _eval_pass(self, prompts: list[list[int]],
+                   sampling: SamplingParams) -> tuple[list[float], list[int], float]:
+        """Main-reward scores and completion lengths of every held-out completion, flat, in order,
+        and the fraction cut off at the token budget."""
         rows = self.setup.eval_rows
         share = 0 if self.actors.generators else len(prompts)
         groups = self._generate(prompts, sampling, learner_share=share)
@@ -301,7 +305,8 @@ class Trainer:
         if stats.errors or stats.timeouts:
             print(f"warning: evaluation scored {stats.errors} reward errors and {stats.timeouts} "
                   "timeouts as --reward_default", file=sys.stderr, flush=True)
-        return scores, [len(r.completion_ids) for g in groups for r in g]
+        flat = [r for g in groups for r in g]
+        return scores, [len(r.completion_ids) for r in flat], sum(r.finish_reason == "length" for r in flat) / len(flat)
 
     # -- checkpoints ------------------------------------------------------------------
     def save(self, step: int) -> float:
@@ -320,6 +325,8 @@ class Trainer:
         # (--seed, step, worker), so the data position is all the sampling state there is.
         state = {"step": step, "policy_version": self.policy_version, "data_position": list(self.data_position),
                  "evals": {str(k): v for k, v in self.evals.items()},
+                 "eval_cut": {str(k): v for k, v in self.eval_cut.items()},
+                 "eval_tokens": self.cfg.sampling.eval_tokens,
                  "rollouts_generated": self.rollouts_generated, "rollouts_dropped": self.rollouts_dropped,
                  "generator_restarts": self.generator_restarts, "config": self.cfg.to_dict(),
                  "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -342,7 +349,14 @@ class Trainer:
         self.start_step = int(state["step"])
         self.sampler.restore(*state["data_position"])
         self.data_position = tuple(state["data_position"])
-        self.evals = {int(k): v for k, v in state["evals"].items()}
+        if state.get("eval_tokens") == self.cfg.sampling.eval_tokens:
+            self.evals = {int(k): v for k, v in state["evals"].items()}
+            self.eval_cut = {int(k): v for k, v in state["eval_cut"].items()}
+        else:  # another evaluator: its accuracies do not compare with this run's
+            budget = state.get("eval_tokens", "the training budget's")  # older checkpoints: that one
+            print(f"warning: the checkpoint's held-out accuracies were measured with {budget} new tokens, "
+                  f"this run evaluates with {self.cfg.sampling.eval_tokens}: the summary compares this "
+                  "run's evaluations only", file=sys.stderr, flush=True)
         self.rollouts_generated, self.rollouts_dropped = state["rollouts_generated"], state["rollouts_dropped"]
         self.generator_restarts = state.get("generator_restarts", 0)
         self.log.keep_through(self.start_step)
@@ -375,6 +389,8 @@ class Trainer:
             if s not in self._pending:
                 self._pending[s] = self._new_batch(s)
             if not any(w > 0 for w in self._pending[s].refs):
+                if 0 in self._pending[s].refs:  # the learner began during the sync; time from now on
+                    self._pending[s].launched = time.perf_counter()
                 self._launch(self._pending[s], "generators")
         if 0 not in self._pending[step].refs:
             self._launch(self._pending[step], "learner")
@@ -450,8 +466,7 @@ class Trainer:
         --dynamic_sampling, whose extra rounds draw prompts before the next batch's, nor when the
         run stops after this step."""
         run = self.cfg.run
-        return (run.pipeline_depth == 0 and not run.dynamic_sampling and step < run.max_steps
-                and not self._out_of_time())
+        return run.pipeline_depth == 0 and not run.dynamic_sampling and step < run.max_steps and not self.budget_spent
 
     def _out_of_time(self) -> bool:
         budget = self.cfg.run.time_budget_s
@@ -490,6 +505,7 @@ class Trainer:
         if max(rnd.staleness) == 0:  # off-policy rollouts: the gap measures lag too
             self.gap_breaches = count_gap_breach(self.gap_breaches, train["logprob_gap"], self.gap_limit,
                                                  cfg.run.max_bad_steps, step)
+        self.budget_spent = self._out_of_time()  # decided once: this step is then the last
         if self._sample_during_sync(step):  # the learner holds the new weights already
             self._pending[step + 1] = self._new_batch(step + 1)
             self._launch(self._pending[step + 1], "learner")
@@ -544,7 +560,7 @@ class Trainer:
         evals = self.evals
         if self.setup.resume is None:
             first = self.evaluate()
-            evals[0] = first["eval_accuracy"]
+            evals[0], self.eval_cut[0] = first["eval_accuracy"], first["eval_truncated_frac"]
             self.log.write({"step": 0, "policy_version": 0, **first})
             self.dashboard.record({"step": 0, "policy_version": 0, **first})
             self.extra.record({"step": 0, **first})
@@ -557,10 +573,12 @@ class Trainer:
         self.started = time.perf_counter()
         for step in range(self.start_step + 1, cfg.run.max_steps + 1):
             metrics = self.step(step)
-            last = step == cfg.run.max_steps or self._out_of_time()
+            last = step == cfg.run.max_steps or self.budget_spent
             if last or (cfg.run.eval_every and step % cfg.run.eval_every == 0):
                 metrics.update(self.evaluate())
-                evals[step] = metrics["eval_accuracy"]
+                evals[step], self.eval_cut[step] = metrics["eval_accuracy"], metrics["eval_truncated_frac"]
+                if 0 in evals:
+                    self.eval_drops = count_eval_drop(self.eval_drops, evals[step], evals[0], step, cfg)
             if last or (cfg.run.save_every and step % cfg.run.save_every == 0):
                 metrics["save_s"] = self.save(step)
             self.log.write(metrics)
@@ -582,7 +600,9 @@ class Trainer:
                           what="saving the final model")
         summary = {"steps": history[-1]["step"] if history else self.start_step,
                    "eval_accuracy_start": evals.get(0, float("nan")),
-                   "eval_accuracy_end": evals[max(evals)], "output_dir": self.setup.output_dir,
+                   "eval_accuracy_end": evals[max(evals)], "eval_tokens": cfg.sampling.eval_tokens,
+                   "eval_truncated_start": self.eval_cut.get(0), "eval_truncated_end": self.eval_cut.get(max(evals)),
+                   "output_dir": self.setup.output_dir,
                    "final_model": final_dir, "plots": os.path.join(self.setup.output_dir, "plots")}
         if history:
             summary.update(

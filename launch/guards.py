@@ -1,14 +1,14 @@
-"""Checks that stop a run when something keeps going wrong step after step: updates skipped for
-non-finite numbers, and generators whose log-probs drift from the learner's. Each counts bad
-steps in a row, warns on every one, and raises RunStopped at its limit; the driver calls them
-once per step and keeps the counts."""
+"""Checks on a run when something keeps going wrong step after step: updates skipped for
+non-finite numbers and generators whose log-probs drift from the learner's (each warns on every
+bad step and raises RunStopped at its limit), and held-out accuracy that falls below where it
+started (a warning). The driver calls them and keeps the counts."""
 
 from __future__ import annotations
 
 import sys
 
 from distrl import checkpoint
-from distrl.config import RunStopped
+from distrl.config import RunStopped, TrainConfig
 
 
 def count_bad_update(in_a_row: int, skipped: bool, limit: int, step: int, version: int,
@@ -42,4 +42,21 @@ def count_gap_breach(in_a_row: int, gap: float, limit: float, max_in_a_row: int,
         raise RunStopped(f"logprob_gap above {limit:g} for {in_a_row} steps in a row: the generators do not "
                          "sample from the weights the learner trains (a failed sync?); if the gap is expected "
                          "(e.g. another engine's numerics), raise --max_logprob_gap")
+    return in_a_row
+
+
+def count_eval_drop(in_a_row: int, accuracy: float, start: float, step: int, cfg: TrainConfig) -> int:
+    """Evaluations in a row whose held-out accuracy is below step 0's, after this one; at two it
+    warns once, naming the usual causes (a run that gets worse must not pass unnoticed)."""
+    if accuracy >= start:
+        return 0
+    in_a_row += 1
+    if in_a_row == 2:
+        print(f"warning: step {step}: held-out accuracy {accuracy:.3f} is below step 0's {start:.3f} at two "
+              f"evaluations in a row: the model is getting worse. Usual causes: a reward that pays for "
+              f"something other than the answer (partial credit a model can game, e.g. by copying the "
+              f"prompt: read samples.jsonl), or a token budget that cuts answers off (truncated_frac in "
+              f"training, eval_truncated_frac in evaluation). This run: --reward {cfg.data.reward}, "
+              f"--max_new_tokens {cfg.sampling.max_new_tokens}, --eval_max_new_tokens {cfg.sampling.eval_tokens}, "
+              f"--temperature {cfg.sampling.temperature:g}, --lr {cfg.algo.lr:g}.", file=sys.stderr, flush=True)
     return in_a_row

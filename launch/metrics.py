@@ -104,11 +104,21 @@ def step_line(m: dict[str, Any], max_steps: int) -> str:
     return " | ".join(parts)
 
 
+def _evaluator(s: dict[str, Any]) -> str:
+    """How held-out accuracy was measured: one evaluator at both ends, its budget, and how many
+    answers it cut off (a rise in accuracy with many cut off answers may be length, not skill)."""
+    if "eval_tokens" not in s:
+        return ""
+    cut = [f"{100 * s[k]:.0f}%" for k in ("eval_truncated_start", "eval_truncated_end") if s.get(k) is not None]
+    return (f" (greedy, {s['eval_tokens']} new tokens"
+            + (f"; cut off at the budget: {' -> '.join(cut)}" if cut else "") + ")")
+
+
 def summary_lines(s: dict[str, Any]) -> list[str]:
     lines = ["== distrl summary ==",
              f"steps: {s['steps']}",
              f"held-out accuracy: {s['eval_accuracy_start']:.3f} at step 0 -> "
-             f"{s['eval_accuracy_end']:.3f} at step {s['steps']}"]
+             f"{s['eval_accuracy_end']:.3f} at step {s['steps']}" + _evaluator(s)]
     if "median_step_s" in s:
         lines += [f"seconds per step (median): {s['median_step_s']:.1f}",
                   f"completion tokens/s (median): {s['tokens_per_s']:.1f}",

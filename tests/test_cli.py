@@ -210,3 +210,13 @@ def test_learner_group_bundles_and_flags_that_cannot_work():
     assert_one_line_error(cli("--fsdp", "--num_learners", "2", "--learner_chunk_size", "0", "--optimizer",
                               "cpu_adamw"), "--fsdp shards the optimizer state itself", "--optimizer adamw")
     assert_one_line_error(cli("--num_learners", "0"), "--num_learners must be >= 1")
+
+
+def test_evaluation_has_its_own_token_budget():
+    from distrl.config import parse_args
+
+    assert parse_args([]).sampling.eval_tokens == 48  # not the training budget of 16
+    assert parse_args(["--max_new_tokens", "96"]).sampling.eval_tokens == 96
+    assert parse_args(["--eval_max_new_tokens", "24"]).sampling.eval_tokens == 24
+    assert_one_line_error(cli("--eval_max_new_tokens", "-1"), "--eval_max_new_tokens must be >= 1")
+    assert_one_line_error(cli("--temperature", "0"), "--temperature must be > 0")  # the checks after it still run

@@ -25,6 +25,19 @@ def test_numeric_close_gives_exact_answers_1_and_near_misses_partial_credit():
     assert 0 < got[3] < got[1] < 0.5  # farther is worth less, and never counts as correct
 
 
+def test_numeric_close_pays_nothing_for_restating_the_prompt():
+    """The exploit a model found: restate the question and stop. A number copied from the prompt
+    is nearer the answer than many wrong sums, and used to earn up to 0.5."""
+    f = load_reward("numeric_close")
+    prompt = "Hana had 86 books and gave away 19. How many are left?"
+    restated = ["Hana had 86 books and gave away 19.", "86 books, 19 given away", "She gave away 19"]
+    assert f([prompt] * 3, restated, answer=["67"] * 3) == [0.0, 0.0, 0.0]
+    assert f([prompt], ["86 - 19 = 65"], answer=["67"])[0] == pytest.approx(0.5 / (1 + 2 / 6.7))  # an attempt
+    assert f([prompt], ["Hana had 86 books and gave away 19, so 67 are left"], answer=["67"]) == [1.0]
+    assert f(["What is 7 * 1?"], ["7"], answer=["7"]) == [1.0]  # right is right, even in the prompt
+    assert f(["What is 86-19?"], ["19"], answer=["67"]) == [0.0]  # "86-19" holds 19, not only -19
+
+
 def test_math_verify_reward_checks_equivalence():
     got = math_verify_reward(["", "", ""], ["so $\\frac{1}{2}$", "0.5", "$\\frac{1}{3}$"], answer=["0.5", "1/2", "0.5"])
     assert got == [1.0, 1.0, 0.0]

@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -39,6 +40,11 @@ def test_two_steps_full_finetune_with_reference_actor(tiny_model_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = read_metrics(tmp_path)
     assert lines[0]["step"] == 0 and "eval_accuracy" in lines[0]
+    # Evaluation samples on its own budget (48), not training's 8; the untrained tiny model seldom
+    # stops, so its answers run long and most are cut off at that budget.
+    assert 8 < lines[0]["eval_len_mean"] <= 48 and lines[0]["eval_truncated_frac"] > 0.5
+    assert re.search(r"held-out accuracy: .* \(greedy, 48 new tokens; cut off at the budget: \d+% -> \d+%\)",
+                     proc.stdout), proc.stdout
     steps = lines[1:]
     assert [m["policy_version"] for m in steps] == [1, 2]
     for m in steps:

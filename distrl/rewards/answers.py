@@ -37,24 +37,36 @@ def numeric_reward(prompts: Sequence[str], completions: Sequence[str], answer: S
     return out
 
 
+def _numbers_in(text: str) -> set[float]:
+    """Absolute values: "86-19" reads as 86 and -19, and copying it gives 19."""
+    return {abs(f) for f in map(_as_float, _NUMBER.findall(text)) if f is not None}
+
+
 def numeric_close_reward(prompts: Sequence[str], completions: Sequence[str], answer: Sequence[Any],
                          **_: Any) -> list[float]:
     """1.0 for the exact number; otherwise partial credit that shrinks with the distance,
-    `0.5 / (1 + |got - ref| / scale)` with `scale = max(1, |ref| / 10)`, and 0 without a number.
+    `0.5 / (1 + |got - ref| / scale)` with `scale = max(1, |ref| / 10)`, and 0 without a number
+    or for a number the prompt contains.
 
     A dense signal for a model that is rarely exactly right yet: in a group of wrong answers the
-    closer ones still get a positive advantage. Only exact answers exceed 0.5, so `accuracy`
+    closer ones still get a positive advantage. Credit cannot be earned by copying: a number
+    taken from the prompt is often nearer the answer than a wrong sum, and paying for it taught a
+    model to restate the question and stop. Only exact answers exceed 0.5, so `accuracy`
     (reward > 0.5) and held-out evaluation still count exact answers only."""
     out = []
-    for completion, ref in zip(completions, answer):
+    for prompt, completion, ref in zip(prompts, completions, answer):
         got = extract_answer(completion)
         got_f, ref_f = (_as_float(got) if got else None), _as_float(str(ref))
         if got_f is None or ref_f is None:
             out.append(0.0)
             continue
         err = abs(got_f - ref_f)
-        scale = max(1.0, abs(ref_f) / 10)
-        out.append(1.0 if err <= 1e-6 * max(1.0, abs(ref_f)) else 0.5 / (1.0 + err / scale))
+        if err <= 1e-6 * max(1.0, abs(ref_f)):
+            out.append(1.0)
+        elif abs(got_f) in _numbers_in(prompt):
+            out.append(0.0)
+        else:
+            out.append(0.5 / (1.0 + err / max(1.0, abs(ref_f) / 10)))
     return out
 
 

@@ -1,0 +1,16 @@
+"""Signs that a run is learning the wrong thing, in the log and on stderr."""
+
+from distrl.config import parse_args
+from launch.guards import count_eval_drop
+
+
+def test_accuracy_below_the_start_twice_in_a_row_warns_once_naming_the_causes(capsys):
+    cfg = parse_args([])
+    n = count_eval_drop(0, 0.06, 0.105, step=10, cfg=cfg)
+    assert n == 1 and capsys.readouterr().err == ""  # one evaluation can be noise
+    n = count_eval_drop(n, 0.05, 0.105, step=20, cfg=cfg)
+    err = capsys.readouterr().err
+    assert n == 2 and "below step 0's 0.105 at two evaluations in a row" in err
+    assert "copying the prompt" in err and "--reward numeric_close" in err and "--max_new_tokens 16" in err
+    assert count_eval_drop(n, 0.04, 0.105, step=30, cfg=cfg) == 3 and capsys.readouterr().err == ""  # once
+    assert count_eval_drop(n, 0.12, 0.105, step=40, cfg=cfg) == 0  # back above the start: reset

@@ -39,3 +39,10 @@ def test_step_speed_runs_both_dtypes_on_a_tiny_model(tiny_model_dir):
     line = last_line("bench/step_speed.py", "--steps", "2", "--model", tiny_model_dir, "--backend", "hf",
                      "--bf16", "bfloat16", "--batch_size", "4", "--num_candidates", "2", "--max_new_tokens", "4")
     assert re.fullmatch(r"bf16/fp32 step_s = \d+\.\d\d", line), line
+
+
+def test_learner_scaling_runs_a_group_of_two_on_a_tiny_model(tiny_model_dir):
+    line = last_line("bench/learner_scaling.py", "--steps", "1", "--model", tiny_model_dir,
+                     "--configs", "N=1 adamw,N=2 adamw")
+    assert re.fullmatch(r"learner step N=2/N=1 \(adamw, \d+ cores\) = \d+\.\d\d, communication \d+% of the N=2 step",
+                        line), line

@@ -75,12 +75,16 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = _field("arithmetic", "Training data: 'arithmetic' (built-in, seeded 2-digit + - x), "
-                          "a local .jsonl/.json/.parquet/.csv file, or a hub id.")
+    dataset: str = _field("arithmetic", "Training data: a built-in task (arithmetic: 2-digit + - x; word, "
+                          "two_step, big_numbers, gsm_format: see distrl/data/tasks.py), a local "
+                          ".jsonl/.json/.parquet/.csv file, or a hub id.")
     prompt_field: str = _field("prompt", "Column holding the question.")
     answer_field: str = _field("answer", "Column holding the reference answer.")
-    eval_dataset: str = _field("", "Held-out data (same forms as --dataset); empty = split off "
-                               "--eval_fraction of the training data.")
+    eval_dataset: str = _field("", "Held-out data (same forms as --dataset); empty = the built-in "
+                               "task's --eval_split, or --eval_fraction split off a file's rows.")
+    eval_split: str = _field("test", "Split of a built-in task that held-out evaluation scores: test "
+                             "(report a result) or validation (choose settings on it).",
+                             choices=["test", "validation"])
     eval_fraction: float = _field(0.1, "Fraction of the training data held out when there is no "
                                   "--eval_dataset.")
     num_eval: int = _field(50, "Held-out prompts scored (greedy) at each evaluation.")

@@ -28,6 +28,7 @@ from distrl.data.prompts import encode_prompt
 from distrl.generation import Rollout, SamplingParams
 from distrl.precision import GAP_LIMITS
 from distrl.plot import draw as draw_plots
+from distrl.rewards.answers import repeats_prompt
 from distrl.rewards.pool import RewardPool, RewardStats
 from distrl.weights import WeightSyncError
 from launch.calls import ActorLost, generator_lost, settle, wait
@@ -219,15 +220,17 @@ class Trainer:
                                f"{stats.first_traceback or 'timeout'}")
         return scores, stats
 
-    def _rewards(self, rows: list[dict], groups: list[list[Rollout]]) -> tuple[torch.Tensor, RewardStats]:
-        """`(P, G)` rewards; completions decoded without special tokens."""
+    def _rewards(self, rows: list[dict], groups: list[list[Rollout]]) -> tuple[torch.Tensor, RewardStats, torch.Tensor]:
+        """`(P, G)` rewards and `(P, G)` prompt copies (1.0 where a completion restates its
+        prompt); completions decoded without special tokens."""
         flat_rows = [row for row, g in zip(rows, groups) for _ in g]
         completions = [self.tokenizer.decode(r.completion_ids, skip_special_tokens=True)
                        for g in groups for r in g]
         prompts = [row["prompt"] for row in flat_rows]
         columns = {k: [row[k] for row in flat_rows] for k in flat_rows[0] if k != "prompt"}
         scores, stats = self._score(self.rewards, prompts, completions, columns)
-        return torch.tensor(scores).view(len(groups), -1), stats
+        copies = [float(repeats_prompt(p, c)) for p, c in zip(prompts, completions)]
+        return torch.tensor(scores).view(len(groups), -1), stats, torch.tensor(copies).view(len(groups), -1)
 
     def evaluate(self) -> dict[str, float]:
         """On the held-out prompts, with the learner's newest weights (a sync out of turn when
@@ -389,10 +392,10 @@ class Trainer:
             raise RuntimeError(f"step {step}: every rollout was older than --async_staleness allows")
         groups = [groups[p] for p in keep]
         rows = [self.setup.train_rows[batch.indices[p]] for p in keep]
-        rewards, stats = self._rewards(rows, groups)
+        rewards, stats, copies = self._rewards(rows, groups)
         return Round(groups, rows, rewards, stats.errors, stats.timeouts, staleness, t_gen - t0,
                      time.perf_counter() - t_gen, t_gen - batch.launched,
-                     sum(len(r.completion_ids) for g in groups for r in g))
+                     sum(len(r.completion_ids) for g in groups for r in g), copies)
 
     def _refill(self, step: int, first: Round) -> tuple[Round, int]:
         """--dynamic_sampling: sample fresh prompts until the batch holds --batch_size groups whose
@@ -417,7 +420,7 @@ class Trainer:
                        sum(x.reward_errors for x in rounds), sum(x.reward_timeouts for x in rounds),
                        [v for x in rounds for v in x.staleness], sum(x.gen_s for x in rounds),
                        sum(x.reward_s for x in rounds), sum(x.gen_wait for x in rounds),
-                       sum(x.tokens for x in rounds))
+                       sum(x.tokens for x in rounds), torch.stack([rounds[r].copies[p] for r, p in kept]))
         return merged, used
 
     def _sample_during_sync(self, step: int) -> bool:
@@ -487,6 +490,7 @@ class Trainer:
             **length_percentiles([len(r.completion_ids) for r in all_rollouts]),
             "truncated_frac": sum(r.finish_reason == "length" for r in all_rollouts) / len(all_rollouts),
             "frac_zero_std": float((std < cfg.algo.std_floor).float().mean()),
+            "prompt_copy_frac": float(rnd.copies.mean()),
             "reward_errors": rnd.reward_errors, "reward_timeouts": rnd.reward_timeouts,
             "gen_s": rnd.gen_s, "reward_s": rnd.reward_s, "ref_s": t_ref - t_reward,
             "train_s": t_train - t_ref, "learner_comm_s": train.get("comm_s", 0.0), "sync_s": sync_s,

@@ -55,7 +55,7 @@ def count_eval_drop(in_a_row: int, accuracy: float, start: float, step: int, cfg
         print(f"warning: step {step}: held-out accuracy {accuracy:.3f} is below step 0's {start:.3f} at two "
               f"evaluations in a row: the model is getting worse. Usual causes: a reward that pays for "
               f"something other than the answer (partial credit a model can game, e.g. by copying the "
-              f"prompt: read samples.jsonl), or a token budget that cuts answers off (truncated_frac in "
+              f"prompt: prompt_copy_frac in metrics.jsonl, and samples.jsonl), or a token budget that cuts answers off (truncated_frac in "
               f"training, eval_truncated_frac in evaluation). This run: --reward {cfg.data.reward}, "
               f"--max_new_tokens {cfg.sampling.max_new_tokens}, --eval_max_new_tokens {cfg.sampling.eval_tokens}, "
               f"--temperature {cfg.sampling.temperature:g}, --lr {cfg.algo.lr:g}.", file=sys.stderr, flush=True)

@@ -41,6 +41,7 @@ class Round:
     reward_s: float
     gen_wait: float  # from launch to the last rollout (async batches launch a step early)
     tokens: int  # completion tokens generated
+    copies: torch.Tensor  # (P, G): 1.0 where the completion restates its prompt (repeats_prompt)
 
 
 def length_percentiles(lengths: list[int]) -> dict[str, float]:

@@ -38,6 +38,17 @@ def test_numeric_close_pays_nothing_for_restating_the_prompt():
     assert f(["What is 86-19?"], ["19"], answer=["67"]) == [0.0]  # "86-19" holds 19, not only -19
 
 
+def test_repeats_prompt_flags_a_restated_question_not_an_answer():
+    from distrl.rewards.answers import repeats_prompt
+
+    prompt = "Hana had 86 books and gave away 19. How many books does Hana have left?"
+    assert repeats_prompt(prompt, "Hana had 86 books and gave away 19.")
+    assert repeats_prompt(prompt, "OK: how many books does hana have left? 67")
+    assert not repeats_prompt(prompt, "86 - 19 = 67. Hana has 67 books left.")
+    assert not repeats_prompt(prompt, "67")
+    assert repeats_prompt("What is 2?", "what is 2")  # a prompt shorter than the span: all of it
+
+
 def test_math_verify_reward_checks_equivalence():
     got = math_verify_reward(["", "", ""], ["so $\\frac{1}{2}$", "0.5", "$\\frac{1}{3}$"], answer=["0.5", "1/2", "0.5"])
     assert got == [1.0, 1.0, 0.0]

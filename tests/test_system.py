@@ -11,7 +11,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED = {"step", "policy_version", "reward_mean", "reward_std", "accuracy", "loss", "kl", "clip_frac",
-            "logprob_gap", "completion_len_mean", "frac_zero_std", "gen_s", "reward_s", "ref_s",
+            "logprob_gap", "completion_len_mean", "truncated_frac", "frac_zero_std", "prompt_copy_frac", "gen_s", "reward_s", "ref_s",
             "train_s", "sync_s", "step_s", "tokens_per_s"}
 
 

@@ -7,7 +7,7 @@ import random
 from typing import Any
 
 from distrl.config import ConfigError, DataConfig
-from distrl.data.arithmetic import arithmetic_splits
+from distrl.data.tasks import FAMILIES, task_splits
 
 _LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -59,16 +59,22 @@ def load_rows(spec: str, prompt_field: str, answer_field: str) -> list[dict[str,
 
 
 def load_splits(cfg: DataConfig, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(train, eval) rows. Without --eval_dataset a seeded --eval_fraction is held out."""
-    if cfg.dataset == "arithmetic":
-        train, held_out = arithmetic_splits()
+    """(train, eval) rows. A built-in task is scored on its --eval_split; a file without
+    --eval_dataset has a seeded --eval_fraction held out."""
+    built_in = cfg.dataset in FAMILIES
+    if built_in:
+        splits = task_splits(cfg.dataset)
+        train, held_out = splits["train"], splits[cfg.eval_split]
     else:
         train = load_rows(cfg.dataset, cfg.prompt_field, cfg.answer_field)
         held_out = []
     if cfg.eval_dataset:
-        held_out = (arithmetic_splits()[1] if cfg.eval_dataset == "arithmetic"
+        held_out = (task_splits(cfg.eval_dataset)[cfg.eval_split] if cfg.eval_dataset in FAMILIES
                     else load_rows(cfg.eval_dataset, cfg.prompt_field, cfg.answer_field))
-    elif cfg.dataset != "arithmetic":
+    elif not built_in:
+        if cfg.eval_split != "test":
+            raise ConfigError(f"--eval_split {cfg.eval_split} picks a split of a built-in task; "
+                              f"'{cfg.dataset}' has none: give --eval_dataset your validation file")
         order = list(range(len(train)))
         random.Random(seed).shuffle(order)
         n_eval = max(1, int(round(len(train) * cfg.eval_fraction)))

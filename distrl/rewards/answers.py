@@ -70,6 +70,22 @@ def numeric_close_reward(prompts: Sequence[str], completions: Sequence[str], ans
     return out
 
 
+_WORD = re.compile(r"\w+")
+
+
+def repeats_prompt(prompt: str, completion: str, span: int = 5) -> bool:
+    """Whether the completion restates the prompt: it contains `span` consecutive words of it
+    (case and punctuation ignored). A health signal, not a reward: a policy that learns to
+    copy the question instead of answering it shows up here before it shows in accuracy."""
+    words = _WORD.findall(prompt.lower())
+    said = _WORD.findall(completion.lower())
+    n = min(span, len(words))
+    if n == 0 or len(said) < n:
+        return False
+    prompt_spans = {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+    return any(tuple(said[i:i + n]) in prompt_spans for i in range(len(said) - n + 1))
+
+
 def math_verify_reward(prompts: Sequence[str], completions: Sequence[str], answer: Sequence[Any],
                        **_: Any) -> list[float]:
     """1.0 when math-verify finds the completion's answer equivalent to the reference."""

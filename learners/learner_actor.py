@@ -329,8 +329,12 @@ class LearnerActor:
             state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         elif isinstance(self.optimizer, CPUAdamW) and any(self.optimizer.separate) and not self.lora:
             # bf16/fp16 compute weights: the saved model is the fp32 masters, every update in it.
-            masters = dict(zip(self.params, self.optimizer.masters))
-            state = {name: masters.get(name, t).detach() for name, t in self.model.state_dict().items()}
+            # By tensor, not name: a tied head (lm_head = embed_tokens) is one parameter under two
+            # names, and saving its bf16 copy beside the fp32 master made transformers untie them.
+            masters = {id(p): m for p, m in zip(self.params.values(), self.optimizer.masters)}
+            by_name = dict(self.model.named_parameters(remove_duplicate=False))
+            state = {name: masters.get(id(by_name.get(name)), t).detach()
+                     for name, t in self.model.state_dict().items()}
         if self.rank == 0:
             os.makedirs(path, exist_ok=True)
             dtype = config.dtype

@@ -117,6 +117,23 @@ def test_a_bf16_model_is_saved_as_its_fp32_masters(tiny_model_dir, tmp_path):
     assert any(not torch.equal(m.to(torch.bfloat16).float(), m) for m in masters.values())  # not just bf16 values
 
 
+def test_a_tied_head_is_saved_as_its_master_and_reloads_tied(tmp_path):
+    """SmolLM2 ties lm_head to embed_tokens. Saving the head's bf16 copy beside the embedding's
+    fp32 master made transformers untie them on reload: the saved model was not the trained one."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.conftest import build_tiny_model
+
+    model_dir = build_tiny_model(str(tmp_path / "tied"), tie_word_embeddings=True)
+    learner, generator = _bf16_pair(model_dir, 0)
+    generator.load_weights(learner.publish())
+    _one_step(learner, generator)
+    master = dict(zip(learner.params, learner.optimizer.masters))["model.embed_tokens.weight"]
+    reloaded = AutoModelForCausalLM.from_pretrained(learner.save(str(tmp_path / "final")), dtype=torch.float32)
+    assert reloaded.lm_head.weight.data_ptr() == reloaded.model.embed_tokens.weight.data_ptr()
+    assert torch.equal(reloaded.model.embed_tokens.weight, master)
+
+
 def test_one_default_bf16_step_changes_the_fingerprint(tiny_model_dir):
     """What makes the check able to fail: the new version's fingerprint is not the old one's."""
     learner, generator = _bf16_pair(tiny_model_dir, 0)

@@ -39,9 +39,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from distrl.config import DEFAULT_MODEL  # noqa: E402
 from distrl.data.tasks import FAMILIES, TUNING_FAMILIES, task_splits  # noqa: E402
 
-RESULTS = os.path.join(ROOT, "bench", "results")
+RESULTS = os.path.join(ROOT, "bench", "results")  # --results_dir
 TRL_VENV = os.path.join(ROOT, ".venv-trl")
 TRL_REQUIREMENTS = ["torch==2.13.0", "trl==1.16.0", "transformers==5.19.0", "datasets==5.2.0", "accelerate==1.15.0"]
 EVAL_TOKENS = 48
@@ -99,17 +100,16 @@ def stored(path: str, make) -> dict:
     return result
 
 
-def base_model() -> str:
-    from distrl.config import DEFAULT_MODEL
+def base_model(name: str) -> str:
     from distrl.models import resolve_model
 
-    return resolve_model(DEFAULT_MODEL)
+    return resolve_model(name)
 
 
 def run_distrl(family: str, seed: int, budget_s: float, split: str, out: str, preset: str, dtype: str,
-               extra: list[str]) -> dict:
+               extra: list[str], model: str) -> dict:
     name = f"{family}-{preset}-{dtype}-s{seed}"
-    args = [sys.executable, "train_distributed.py", "--dataset", family, "--eval_split", split,
+    args = [sys.executable, "train_distributed.py", "--model", model, "--dataset", family, "--eval_split", split,
             "--output_dir", out, "--run_name", name, "--dtype", dtype, "--seed", str(seed),
             "--max_steps", "100000", "--time_budget_s", str(budget_s), "--eval_every", "0",
             "--save_every", "0", "--plot_every", "0", *extra]
@@ -137,13 +137,13 @@ def trl_python() -> str:
     return python
 
 
-def run_trl(family: str, seed: int, budget_s: float, out: str) -> dict:
+def run_trl(family: str, seed: int, budget_s: float, out: str, model: str) -> dict:
     folder = os.path.join(out, f"{family}-trl-s{seed}")
     os.makedirs(folder, exist_ok=True)
     data = os.path.join(folder, "train.jsonl")
     with open(data, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in task_splits(family)["train"])
-    proc = subprocess.run([trl_python(), os.path.join(ROOT, "bench", "trl_grpo.py"), "--model", base_model(),
+    proc = subprocess.run([trl_python(), os.path.join(ROOT, "bench", "trl_grpo.py"), "--model", base_model(model),
                            "--train_jsonl", data, "--budget_s", str(budget_s), "--seed", str(seed),
                            "--out", os.path.join(folder, "final")], cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -159,8 +159,8 @@ def lengths_table(opts) -> None:
     p90s = {}
     for family in opts.families:
         rows = task_splits(family)["validation"][:opts.length_prompts]
-        r = stored(os.path.join(RESULTS, family, f"base-lengths-{len(rows)}.json"),
-                   lambda: evaluate(base_model(), rows, max_new_tokens=256, batch=25))
+        r = stored(os.path.join(opts.results_dir, family, f"base-lengths-{len(rows)}.json"),
+                   lambda: evaluate(base_model(opts.model), rows, max_new_tokens=256, batch=25))
         p90s[family] = r["len_p90"]
         print(f"{family:<12} {r['len_p50']:>4} {r['len_p90']:>4} {r['cut_frac']:>10.2f} {r['accuracy']:>8.3f}")
     tuned = [p90s[f] for f in TUNING_FAMILIES if f in p90s]
@@ -181,6 +181,9 @@ def main() -> None:
     parser.add_argument("--lengths", action="store_true", help="only measure the base model's answer lengths")
     parser.add_argument("--length_prompts", type=int, default=100)
     parser.add_argument("--output_dir", default=os.path.join(ROOT, "outputs", "bench-learning"))
+    parser.add_argument("--results_dir", default=RESULTS, help="where finished runs are stored as JSON")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="for both systems (a smoke test: a tiny one)")
+    parser.add_argument("--eval_rows", type=int, default=0, help="score only this many rows of the split (smoke tests)")
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     opts = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
@@ -195,23 +198,26 @@ def main() -> None:
     systems = [(f"distrl-{p}-{d}{tag}", p, d) for p in opts.presets.split(",") for d in opts.dtypes.split(",")]
     if opts.vs_trl:
         systems.append(("trl", "", ""))
-    key = f"{opts.budget_min:g}min-{opts.split}"
+    scope = ("" if opts.model == DEFAULT_MODEL and not opts.eval_rows else
+             "-" + hashlib.sha1(f"{opts.model} {opts.eval_rows}".encode()).hexdigest()[:6])
+    key = f"{opts.budget_min:g}min-{opts.split}{scope}"
     version = {"trl": "trl1.16.0"}
     rows = []
     for family in opts.families:
-        split_rows = task_splits(family)[opts.split]
-        base = stored(os.path.join(RESULTS, family, f"base-{opts.split}.json"),
-                      lambda: evaluate(base_model(), split_rows))
+        split_rows = task_splits(family)[opts.split][:opts.eval_rows or None]
+        base = stored(os.path.join(opts.results_dir, family, f"base-{opts.split}{scope}.json"),
+                      lambda: evaluate(base_model(opts.model), split_rows))
         for system, preset, dtype in systems:
             for seed in seeds:
-                path = os.path.join(RESULTS, family, f"{system}-seed{seed}-{key}-{version.get(system, commit())}.json")
+                path = os.path.join(opts.results_dir, family, f"{system}-seed{seed}-{key}-{version.get(system, commit())}.json")
                 if not os.path.isfile(path) and opts.only and family != opts.only:
                     continue
 
                 def make() -> dict:
                     started = time.perf_counter()
-                    run = (run_trl(family, seed, budget_s, opts.output_dir) if system == "trl" else
-                           run_distrl(family, seed, budget_s, opts.split, opts.output_dir, preset, dtype, extra))
+                    run = (run_trl(family, seed, budget_s, opts.output_dir, opts.model) if system == "trl" else
+                           run_distrl(family, seed, budget_s, opts.split, opts.output_dir, preset, dtype, extra,
+                                      opts.model))
                     return {**run, **evaluate(run["model"], split_rows), "wall_s": time.perf_counter() - started,
                             "family": family, "system": system, "seed": seed, "budget_min": opts.budget_min,
                             "split": opts.split, "extra": extra if system != "trl" else []}

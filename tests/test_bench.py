@@ -1,8 +1,10 @@
 """Each benchmark's smallest setting runs and prints its last line in the documented format, so a
 benchmark that breaks fails CI instead of rotting (bench/pipeline.py once crashed unnoticed)."""
 
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -46,3 +48,23 @@ def test_learner_scaling_runs_a_group_of_two_on_a_tiny_model(tiny_model_dir):
                      "--configs", "N=1 adamw,N=2 adamw")
     assert re.fullmatch(r"learner step N=2/N=1 \(adamw, \d+ cores\) = \d+\.\d\d, communication \d+% of the N=2 step",
                         line), line
+
+
+def test_learning_bench_trains_both_systems_scores_them_once_and_reuses_stored_runs(tiny_model_dir, tmp_path):
+    """bench/learning.py --vs_trl end to end on a tiny model: distrl and TRL (in the venv the bench
+    creates) each train one step, the shared evaluator scores them, and a second call reuses the
+    stored runs instead of training again."""
+    args = ["--vs_trl", "--families", "word", "--split", "validation", "--budget_min", "0.01", "--eval_rows", "4",
+            "--model", tiny_model_dir, "--results_dir", str(tmp_path / "results"), "--output_dir", str(tmp_path / "out"),
+            "--", "--max_steps", "1", "--batch_size", "2", "--num_candidates", "2", "--max_new_tokens", "4",
+            "--number_of_actors", "1", "--backend", "hf", "--num_eval", "2"]
+    pattern = r"distrl-trl gain = [+-]\d+\.\d points \(worst family\), distrl gain = [+-]\d+\.\d points \(worst family\)"
+    first = last_line("bench/learning.py", *args, timeout=1500)
+    assert re.fullmatch(pattern, first), first
+    stored = sorted(os.listdir(tmp_path / "results" / "word"))
+    assert len(stored) == 3 and any(f.startswith("trl-") for f in stored), stored  # base, distrl, trl
+    run = json.loads((tmp_path / "results" / "word" / next(f for f in stored if f.startswith("trl-"))).read_text())
+    assert run["steps"] >= 1 and 0.0 <= run["accuracy"] <= 1.0 and run["system"] == "trl"
+    shutil.rmtree(tmp_path / "out")
+    assert last_line("bench/learning.py", *args) == first
+    assert not (tmp_path / "out").exists()  # nothing trained the second time

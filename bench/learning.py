@@ -31,6 +31,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -106,9 +107,10 @@ def base_model(name: str) -> str:
     return resolve_model(name)
 
 
-def run_distrl(family: str, seed: int, budget_s: float, split: str, out: str, preset: str, dtype: str,
-               extra: list[str], model: str) -> dict:
-    name = f"{family}-{preset}-{dtype}-s{seed}"
+def run_distrl(system: str, family: str, seed: int, budget_s: float, split: str, out: str, preset: str,
+               dtype: str, extra: list[str], model: str) -> dict:
+    name = f"{family}-{system}-s{seed}"
+    shutil.rmtree(os.path.join(out, name), ignore_errors=True)  # a fresh run, never an appended one
     args = [sys.executable, "train_distributed.py", "--model", model, "--dataset", family, "--eval_split", split,
             "--output_dir", out, "--run_name", name, "--dtype", dtype, "--seed", str(seed),
             "--max_steps", "100000", "--time_budget_s", str(budget_s), "--eval_every", "0",
@@ -216,8 +218,8 @@ def main() -> None:
                 def make() -> dict:
                     started = time.perf_counter()
                     run = (run_trl(family, seed, budget_s, opts.output_dir, opts.model) if system == "trl" else
-                           run_distrl(family, seed, budget_s, opts.split, opts.output_dir, preset, dtype, extra,
-                                      opts.model))
+                           run_distrl(system, family, seed, budget_s, opts.split, opts.output_dir, preset, dtype,
+                                      extra, opts.model))
                     return {**run, **evaluate(run["model"], split_rows), "wall_s": time.perf_counter() - started,
                             "family": family, "system": system, "seed": seed, "budget_min": opts.budget_min,
                             "split": opts.split, "extra": extra if system != "trl" else []}

@@ -5,7 +5,7 @@ from launch.guards import count_eval_drop
 
 
 def test_accuracy_below_the_start_twice_in_a_row_warns_once_naming_the_causes(capsys):
-    cfg = parse_args([])
+    cfg = parse_args(["--max_new_tokens", "16"])
     n = count_eval_drop(0, 0.06, 0.105, step=10, cfg=cfg)
     assert n == 1 and capsys.readouterr().err == ""  # one evaluation can be noise
     n = count_eval_drop(n, 0.05, 0.105, step=20, cfg=cfg)

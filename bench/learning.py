@@ -185,6 +185,9 @@ def main() -> None:
     parser.add_argument("--output_dir", default=os.path.join(ROOT, "outputs", "bench-learning"))
     parser.add_argument("--results_dir", default=RESULTS, help="where finished runs are stored as JSON")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="for both systems (a smoke test: a tiny one)")
+    parser.add_argument("--print_only", action="store_true", help="train nothing: the table of stored runs")
+    parser.add_argument("--at_commit", default="", help="distrl rows stored at this commit (reprint a table, "
+                        "or finish one after a commit); default: the checkout's")
     parser.add_argument("--eval_rows", type=int, default=0, help="score only this many rows of the split (smoke tests)")
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -211,8 +214,9 @@ def main() -> None:
                       lambda: evaluate(base_model(opts.model), split_rows))
         for system, preset, dtype in systems:
             for seed in seeds:
-                path = os.path.join(opts.results_dir, family, f"{system}-seed{seed}-{key}-{version.get(system, commit())}.json")
-                if not os.path.isfile(path) and opts.only and family != opts.only:
+                path = os.path.join(opts.results_dir, family,
+                                    f"{system}-seed{seed}-{key}-{version.get(system, opts.at_commit or commit())}.json")
+                if not os.path.isfile(path) and (opts.print_only or opts.only and family != opts.only):
                     continue
 
                 def make() -> dict:
@@ -230,10 +234,10 @@ def main() -> None:
 
 
 def report(rows: list[dict], systems: list, vs_trl: bool) -> None:
-    print(f"{'family':<12} {'system':<22} {'seed':>4} {'before':>6} {'after':>6} {'gain':>6} {'steps':>5} "
+    print(f"{'family':<12} {'system':<28} {'seed':>4} {'before':>6} {'after':>6} {'gain':>6} {'steps':>5} "
           f"{'samples/s':>9} {'cut':>5}")
     for r in rows:
-        print(f"{r['family']:<12} {r['system']:<22} {r['seed']:>4} {100 * r['base']:>6.1f} {100 * r['accuracy']:>6.1f} "
+        print(f"{r['family']:<12} {r['system']:<28} {r['seed']:>4} {100 * r['base']:>6.1f} {100 * r['accuracy']:>6.1f} "
               f"{100 * (r['accuracy'] - r['base']):>+6.1f} {r['steps']:>5} {r['samples_per_s']:>9.2f} "
               f"{100 * r['cut_frac']:>4.0f}%")
     gains: dict[tuple[str, str], list[float]] = {}

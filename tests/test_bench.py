@@ -56,7 +56,7 @@ def test_learning_bench_trains_both_systems_scores_them_once_and_reuses_stored_r
     stored runs instead of training again."""
     args = ["--vs_trl", "--families", "word", "--split", "validation", "--budget_min", "0.01", "--eval_rows", "4",
             "--model", tiny_model_dir, "--results_dir", str(tmp_path / "results"), "--output_dir", str(tmp_path / "out"),
-            "--", "--max_steps", "1", "--batch_size", "2", "--num_candidates", "2", "--max_new_tokens", "4",
+            "--", "--max_steps", "1", "--batch_size", "3", "--num_candidates", "2", "--max_new_tokens", "4",
             "--number_of_actors", "1", "--backend", "hf", "--num_eval", "2"]
     pattern = r"distrl-trl gain = [+-]\d+\.\d points \(worst family\), distrl gain = [+-]\d+\.\d points \(worst family\)"
     first = last_line("bench/learning.py", *args, timeout=1500)

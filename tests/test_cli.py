@@ -215,7 +215,7 @@ def test_learner_group_bundles_and_flags_that_cannot_work():
 def test_evaluation_has_its_own_token_budget():
     from distrl.config import parse_args
 
-    assert parse_args([]).sampling.eval_tokens == 48  # not the training budget of 16
+    assert parse_args(["--max_new_tokens", "16"]).sampling.eval_tokens == 48  # not the training budget
     assert parse_args(["--max_new_tokens", "96"]).sampling.eval_tokens == 96
     assert parse_args(["--eval_max_new_tokens", "24"]).sampling.eval_tokens == 24
     assert_one_line_error(cli("--eval_max_new_tokens", "-1"), "--eval_max_new_tokens must be >= 1")

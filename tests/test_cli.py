@@ -196,7 +196,7 @@ def test_presets_expand_to_the_documented_flags_and_explicit_flags_win():
 def test_algorithm_flags_that_cannot_work_are_refused():
     assert_one_line_error(cli("--dynamic_sampling", "--async_staleness", "1"), "--dynamic_sampling refills")
     assert_one_line_error(cli("--kl_in_reward", "--beta", "0.1", "--lora_rank", "8"), "--kl_in_reward needs")
-    assert_one_line_error(cli("--overlong_buffer", "40"), "--overlong_buffer 40 must be below")
+    assert_one_line_error(cli("--overlong_buffer", "40", "--max_new_tokens", "16"), "--overlong_buffer 40 must be below")
 
 
 def test_learner_group_bundles_and_flags_that_cannot_work():

@@ -32,7 +32,9 @@ _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
 def exact_reward(prompts, completions, answer, **_) -> list[float]:
-    """1.0 when the completion's last number equals the reference answer."""
+    """1.0 when the completion's last number equals the reference answer: distrl's `numeric`
+    reward, written as a TRL user would (this runs in .venv-trl, which has no distrl packages,
+    and TRL hands conversational completions as message lists)."""
     out = []
     for completion, ref in zip(completions, answer):
         text = completion[-1]["content"] if isinstance(completion, list) else completion

@@ -90,10 +90,11 @@ class DataConfig:
     num_eval: int = _field(50, "Held-out prompts scored (greedy) at each evaluation.")
     system_prompt: str = _field("", "System message put before each prompt by the chat template; "
                                 "empty = the template's default.")
-    reward: str = _field("numeric_close", "Reward: 'numeric' (1 when the last number or \\boxed{} "
-                         "equals the answer), 'numeric_close' (1 when equal, else partial credit below "
-                         "0.5 that shrinks with the distance), 'math_verify' (math-verify equivalence), "
-                         "or 'module:function'.")
+    reward: str = _field("numeric", "Reward: 'numeric' (1 when the last number or \\boxed{} "
+                         "equals the answer, else 0; chosen on validation data: README, 'Does it "
+                         "learn?'), 'numeric_close' (1 when equal, else partial credit below 0.5 that "
+                         "shrinks with the distance: for tasks where exact answers never come), "
+                         "'math_verify' (math-verify equivalence), or 'module:function'.")
     format_reward_weight: float = _field(0.0, "Weight of an extra format reward (the completion "
                                          "ends with its answer); 0 = off.")
     reward_timeout_s: float = _field(10.0, "Deadline for one reward call (one completion); a call "

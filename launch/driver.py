@@ -32,7 +32,7 @@ from distrl.rewards.answers import repeats_prompt
 from distrl.rewards.pool import RewardPool, RewardStats
 from distrl.weights import WeightSyncError
 from launch.calls import ActorLost, generator_lost, settle, wait
-from launch.guards import count_bad_update, count_eval_drop, count_gap_breach
+from launch.guards import count_bad_update, count_eval_drop, count_flat_steps, count_gap_breach
 from launch.cluster import Actors
 from launch.learner_group import LearnerGroup
 from launch.learning_signal import learning_signal
@@ -53,7 +53,7 @@ class Trainer:
         self.gen_version = 0  # the generators' (after the loads already submitted)
         self.weights_ref = None  # the learner's newest published weights
         self.gen_weights_ref = None  # the weights the generators hold (or are loading)
-        self.generator_restarts = self.bad_steps = self.gap_breaches = self.eval_drops = 0
+        self.generator_restarts = self.bad_steps = self.gap_breaches = self.eval_drops = self.flat_steps = 0
         self.started = time.perf_counter()  # train() restarts it; the clock of --time_budget_s
         self.budget_spent = False
         self.gap_limit = cfg.run.max_logprob_gap or GAP_LIMITS.get(cfg.model.dtype, GAP_LIMITS["bfloat16"])
@@ -453,6 +453,7 @@ class Trainer:
                                 "completion": self.tokenizer.decode(groups[p][0].completion_ids,
                                                                     skip_special_tokens=True)})
         rollouts, adv, ref_lp, extra = learning_signal(self.cfg, rnd.groups, rnd.rewards, self.actors.reference)
+        self.flat_steps = count_flat_steps(self.flat_steps, extra["frac_zero_std"], step, cfg)
         t_ref = time.perf_counter()
         metrics_refs, weights_ref = self.learners.step(rollouts, adv, ref_lp)
         if cfg.run.pipeline_depth and step < cfg.run.max_steps:  # queued behind this update
@@ -477,7 +478,6 @@ class Trainer:
             sync_s = self._sync(weights_ref, self.policy_version, block=cfg.run.pipeline_depth == 0)
         all_rollouts = [r for g in groups for r in g]
         completion_tokens = sum(len(r.completion_ids) for r in all_rollouts)
-        std = rewards.std(dim=-1) if rewards.shape[1] > 1 else torch.zeros(len(groups))
         staleness = rnd.staleness
         metrics = {
             "step": step, "policy_version": self.policy_version,
@@ -489,7 +489,6 @@ class Trainer:
             "completion_len_mean": completion_tokens / len(all_rollouts),
             **length_percentiles([len(r.completion_ids) for r in all_rollouts]),
             "truncated_frac": sum(r.finish_reason == "length" for r in all_rollouts) / len(all_rollouts),
-            "frac_zero_std": float((std < cfg.algo.std_floor).float().mean()),
             "prompt_copy_frac": float(rnd.copies.mean()),
             "reward_errors": rnd.reward_errors, "reward_timeouts": rnd.reward_timeouts,
             "gen_s": rnd.gen_s, "reward_s": rnd.reward_s, "ref_s": t_ref - t_reward,

@@ -1,7 +1,7 @@
 """Checks on a run when something keeps going wrong step after step: updates skipped for
 non-finite numbers and generators whose log-probs drift from the learner's (each warns on every
-bad step and raises RunStopped at its limit), and held-out accuracy that falls below where it
-started (a warning). The driver calls them and keeps the counts."""
+bad step and raises RunStopped at its limit), held-out accuracy that falls below where it
+started, and steps that give the learner no signal at all (warnings). The driver calls them and keeps the counts."""
 
 from __future__ import annotations
 
@@ -55,8 +55,29 @@ def count_eval_drop(in_a_row: int, accuracy: float, start: float, step: int, cfg
         print(f"warning: step {step}: held-out accuracy {accuracy:.3f} is below step 0's {start:.3f} at two "
               f"evaluations in a row: the model is getting worse. Usual causes: a reward that pays for "
               f"something other than the answer (partial credit a model can game, e.g. by copying the "
-              f"prompt: prompt_copy_frac in metrics.jsonl, and samples.jsonl), or a token budget that cuts answers off (truncated_frac in "
+              f"prompt, prompt_copy_frac in metrics.jsonl, or by guessing a number of the right size "
+              f"instead of working it out: read samples.jsonl), or a token budget that cuts answers off (truncated_frac in "
               f"training, eval_truncated_frac in evaluation). This run: --reward {cfg.data.reward}, "
               f"--max_new_tokens {cfg.sampling.max_new_tokens}, --eval_max_new_tokens {cfg.sampling.eval_tokens}, "
               f"--temperature {cfg.sampling.temperature:g}, --lr {cfg.algo.lr:g}.", file=sys.stderr, flush=True)
+    return in_a_row
+
+
+FLAT_STEPS = 5
+
+
+def count_flat_steps(in_a_row: int, frac_zero_std: float, step: int, cfg: TrainConfig) -> int:
+    """Steps in a row where every group's rewards were equal (so every advantage was 0 and the
+    update learned nothing), after this one; at FLAT_STEPS it warns once, naming the remedies: an
+    exact reward on a task the model never gets right trains nothing, silently otherwise."""
+    if frac_zero_std < 1.0:
+        return 0
+    in_a_row += 1
+    if in_a_row == FLAT_STEPS:
+        print(f"warning: step {step}: {in_a_row} steps in a row without any reward difference within a group "
+              f"(frac_zero_std 1.0): the learner got no signal. With --reward {cfg.data.reward} the model may "
+              f"never be right yet: try --reward numeric_close (partial credit for near answers), more "
+              f"--num_candidates (now {cfg.run.num_candidates}), --dynamic_sampling, or a larger "
+              f"--max_new_tokens (now {cfg.sampling.max_new_tokens}; see truncated_frac).",
+              file=sys.stderr, flush=True)
     return in_a_row

@@ -9,7 +9,7 @@ import torch
 from distrl.algorithms import aggregate, compute_advantages, kl_estimate, policy_loss
 from distrl.algorithms.shaping import (fill_with_informative, informative_groups, kl_reward_penalty,
                                        overlong_penalty)
-from distrl.config import AlgoConfig, RunConfig, TrainConfig
+from distrl.config import AlgoConfig, RunConfig, SamplingConfig, TrainConfig
 from distrl.generation import Rollout
 
 
@@ -116,3 +116,17 @@ def test_min_group_std_and_positive_only_choose_what_the_learner_sees():
     rollouts, adv, ref, extra = learning_signal(cfg, groups, rewards, reference=None)
     assert rollouts == [groups[0][0]] and adv == [pytest.approx(1.5)] and extra["rollouts_trained"] == 1
     assert informative_groups(rewards, 0.1).tolist() == [True, False]
+
+
+def test_frac_zero_std_counts_the_groups_the_learner_gets_no_signal_from():
+    from launch.learning_signal import learning_signal
+
+    lengths = [[4, 4, 4, 4], [4, 8, 12, 16]]  # group 1: the last two run into the overlong buffer
+    groups = [[Rollout([1], [2] * n, [-1.0] * n, "stop", 0) for n in row] for row in lengths]
+    rewards = torch.zeros(2, 4)  # all wrong: as scored, no group has signal
+    plain = TrainConfig(algo=AlgoConfig(), run=RunConfig())
+    assert learning_signal(plain, groups, rewards, reference=None)[3]["frac_zero_std"] == 1.0
+    shaped = TrainConfig(algo=AlgoConfig(overlong_buffer=8), run=RunConfig(),
+                         sampling=SamplingConfig(max_new_tokens=16))
+    extra = learning_signal(shaped, groups, rewards, reference=None)[3]
+    assert extra["frac_zero_std"] == 0.5  # the penalty tells group 1's lengths apart

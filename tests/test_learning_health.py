@@ -1,7 +1,7 @@
 """Signs that a run is learning the wrong thing, in the log and on stderr."""
 
 from distrl.config import parse_args
-from launch.guards import count_eval_drop
+from launch.guards import FLAT_STEPS, count_eval_drop, count_flat_steps
 
 
 def test_accuracy_below_the_start_twice_in_a_row_warns_once_naming_the_causes(capsys):
@@ -11,6 +11,20 @@ def test_accuracy_below_the_start_twice_in_a_row_warns_once_naming_the_causes(ca
     n = count_eval_drop(n, 0.05, 0.105, step=20, cfg=cfg)
     err = capsys.readouterr().err
     assert n == 2 and "below step 0's 0.105 at two evaluations in a row" in err
-    assert "copying the prompt" in err and "--reward numeric_close" in err and "--max_new_tokens 16" in err
+    assert "copying the prompt" in err and "--reward numeric," in err and "--max_new_tokens 16" in err
     assert count_eval_drop(n, 0.04, 0.105, step=30, cfg=cfg) == 3 and capsys.readouterr().err == ""  # once
     assert count_eval_drop(n, 0.12, 0.105, step=40, cfg=cfg) == 0  # back above the start: reset
+
+
+def test_steps_without_any_signal_warn_once_naming_the_remedies(capsys):
+    cfg = parse_args([])
+    n = 0
+    for step in range(1, FLAT_STEPS):
+        n = count_flat_steps(n, 1.0, step, cfg)
+    assert n == FLAT_STEPS - 1 and capsys.readouterr().err == ""
+    n = count_flat_steps(n, 1.0, FLAT_STEPS, cfg)
+    err = capsys.readouterr().err
+    assert f"{FLAT_STEPS} steps in a row without any reward difference" in err
+    assert "--reward numeric the model may never be right yet" in err and "--reward numeric_close" in err
+    assert count_flat_steps(n, 1.0, FLAT_STEPS + 1, cfg) == FLAT_STEPS + 1 and capsys.readouterr().err == ""
+    assert count_flat_steps(n, 0.875, FLAT_STEPS + 2, cfg) == 0  # one group with signal: reset

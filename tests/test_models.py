@@ -20,4 +20,7 @@ def test_embedded_model_resolves_and_generates():
     (group,) = backend.generate([prompt], SamplingParams(n=1, max_new_tokens=12, greedy=True), 0)
     text = tok.decode(group[0].completion_ids, skip_special_tokens=True)
     assert text.strip()  # real text comes out
-    assert group[0].finish_reason in ("stop", "length")
+    # Greedy, the model answers this in a few tokens and stops; cut at 2 tokens, it cannot.
+    assert group[0].finish_reason == "stop" and len(group[0].completion_ids) < 12, text
+    (cut,) = backend.generate([prompt], SamplingParams(n=1, max_new_tokens=2, greedy=True), 0)
+    assert cut[0].finish_reason == "length" and len(cut[0].completion_ids) == 2

@@ -7,7 +7,7 @@ tokens, micro-batches of 8. Prints a table; the last line compares full fine-tun
 4-bit LoRA r=16 + gradient checkpointing. On this model activations (about 3 MB per token across
 30 layers) dominate a step's growth; the vocabulary's logits are a small share.
 
-    python bench/learner_memory.py
+    python bench/learner_memory.py [--configs "NAME;NAME"] [--model PATH]
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ CONFIGS = {
 }
 
 
-def measure(name: str) -> dict:
+def measure(name: str, model: str) -> dict:
     import psutil
     import torch
 
@@ -47,11 +47,12 @@ def measure(name: str) -> dict:
     from learners.learner_actor import LearnerActor
 
     spec = CONFIGS[name]
-    learner = LearnerActor(resolve_model("smollm2-135m-instruct"), ModelConfig(**spec["model"]),
+    learner = LearnerActor(resolve_model(model), ModelConfig(**spec["model"]),
                            AlgoConfig(lr=1e-6, **spec["algo"]), temperature=1.0)
+    vocab = learner.model.config.vocab_size
     g = torch.Generator().manual_seed(0)
-    rollouts = [Rollout(torch.randint(0, 49152, (40,), generator=g).tolist(),
-                        torch.randint(0, 49152, (32,), generator=g).tolist(), [-5.0] * 32, "length", 0)
+    rollouts = [Rollout(torch.randint(0, vocab, (40,), generator=g).tolist(),
+                        torch.randint(0, vocab, (32,), generator=g).tolist(), [-5.0] * 32, "length", 0)
                 for _ in range(16)]
     advantages = [1.0 if i % 2 else -1.0 for i in range(16)]
     proc = psutil.Process()
@@ -89,13 +90,20 @@ def measure(name: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--configs", default=";".join(CONFIGS), help="names from CONFIGS, separated by ;")
+    ap.add_argument("--model", default="smollm2-135m-instruct", help="a tiny one for a smoke test")
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one)))
+        print(json.dumps(measure(args.one, args.model)))
         return
+    names = args.configs.split(";")
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        raise SystemExit(f"unknown configuration {unknown[0]!r}: choose from {', '.join(CONFIGS)}")
     rows = []
-    for name in CONFIGS:
-        out = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True, text=True, cwd=ROOT)
+    for name in names:
+        out = subprocess.run([sys.executable, __file__, "--one", name, "--model", args.model],
+                             capture_output=True, text=True, cwd=ROOT)
         if out.returncode != 0:
             print(f"{name}: failed: {out.stderr.strip().splitlines()[-1:]}")
             continue

@@ -68,3 +68,9 @@ def test_learning_bench_trains_both_systems_scores_them_once_and_reuses_stored_r
     shutil.rmtree(tmp_path / "out")
     assert last_line("bench/learning.py", *args) == first
     assert not (tmp_path / "out").exists()  # nothing trained the second time
+
+
+def test_learner_memory_measures_full_and_4bit_lora_on_a_tiny_model(tiny_model_dir):
+    line = last_line("bench/learner_memory.py", "--model", tiny_model_dir,
+                     "--configs", "full + AdamW;4-bit LoRA r=16, grad checkpointing")
+    assert re.fullmatch(r"peak full\+AdamW / \(4-bit LoRA \+ checkpointing\) = \d+\.\d\d", line), line

@@ -1,7 +1,8 @@
 """Checks on a run when something keeps going wrong step after step: updates skipped for
 non-finite numbers and generators whose log-probs drift from the learner's (each warns on every
 bad step and raises RunStopped at its limit), held-out accuracy that falls below where it
-started, and steps that give the learner no signal at all (warnings). The driver calls them and keeps the counts."""
+started, and steps that give the learner no signal at all (warnings). The driver calls them and
+keeps the counts."""
 
 from __future__ import annotations
 

@@ -39,8 +39,7 @@ def learning_signal(cfg: TrainConfig, groups: list[list[Rollout]], rewards: torc
     advantages = compute_advantages(algo.advantage_name, scores, algo.std_floor)
     size = scores.shape[1]
     # Groups without signal after shaping (an overlong penalty can give a flat group some).
-    std = scores.std(dim=-1) if size > 1 else torch.zeros(len(groups))
-    extra["frac_zero_std"] = float((std < algo.std_floor).float().mean())
+    extra["frac_zero_std"] = 1.0 - float(informative_groups(scores, algo.std_floor).float().mean())
     informative = (informative_groups(scores, algo.min_group_std) if algo.min_group_std > 0
                    else torch.ones(len(groups), dtype=torch.bool))
     best = topk_indices(scores, algo.topk) if algo.topk else torch.arange(size).expand_as(scores)

@@ -298,6 +298,9 @@ class RunConfig:
     save_every: int = _field(10, "Checkpoint every N steps (and always at the end) to "
                              "output_dir/run_name/checkpoints; 0 = only at the end.")
     keep_checkpoints: int = _field(2, "Keep the newest N checkpoints; 0 = keep all.")
+    on_save_error: str = _field("stop", "When a checkpoint cannot be written for want of disk space: stop "
+                                "(naming the last good checkpoint) or continue training without it.",
+                                choices=["stop", "continue"])
     resume: str = _field("", "Continue a run: 'auto' (the newest checkpoint of --run_name, or of the "
                          "newest run in --output_dir; a fresh start when there is none) or a "
                          "checkpoint/run folder. Empty = start from step 0.")
@@ -305,12 +308,18 @@ class RunConfig:
                                "cannot be restarted), restart every actor from the last checkpoint "
                                "by itself (at most --max_auto_resumes times) instead of stopping.")
     max_auto_resumes: int = _field(3, "With --auto_resume: restarts from a checkpoint per run.")
+    stop_grace_s: float = _field(120.0, "On SIGTERM or Ctrl-C: seconds to finish the current step and "
+                                 "checkpoint it before stopping anyway (a second signal stops at once).")
     max_actor_restarts: int = _field(3, "Times Ray restarts a dead generation actor; it then loads "
                                      "the current weights and regenerates its prompts of the step.")
-    max_logprob_gap: float = _field(0.0, "Warn when a synchronous step's logprob_gap (mean |generator - "
-                                    "learner| log-prob) exceeds this, and stop after --max_bad_steps such "
-                                    "steps in a row; 0 = per dtype: 1e-3 in float32, 0.1 in bfloat16/float16 "
+    max_logprob_gap: float = _field(0.0, "Warn, naming the actor, when an actor's logprob_gap (mean "
+                                    "|its log-prob - the learner's| on its rollouts at the learner's version) "
+                                    "exceeds this, and stop after --max_bad_steps such steps in a row; 0 = per "
+                                    "dtype: 1e-3 in float32, 0.1 in bfloat16/float16, hf and vllm alike "
                                     "(measured by bench/logprob_gap.py).")
+    on_logprob_gap: str = _field("stop", "When --max_bad_steps steps in a row had an actor over "
+                                 "--max_logprob_gap: stop the run, or only warn (each step is warned "
+                                 "of either way).", choices=["stop", "warn"])
     max_bad_steps: int = _field(3, "Stop after this many updates in a row skipped for a non-finite "
                                 "loss or gradient norm.")
     num_learners: int = _field(1, "Learner ranks: one torch.distributed group (gloo on CPU, nccl on "
@@ -356,6 +365,8 @@ class RunConfig:
                               "synchronous mode (--async_staleness 0)")
         if self.max_sampling_rounds < 1 or self.eval_samples < 0 or self.time_budget_s < 0:
             raise ConfigError("--max_sampling_rounds must be >= 1, --eval_samples and --time_budget_s >= 0")
+        if self.stop_grace_s <= 0:
+            raise ConfigError(f"--stop_grace_s must be > 0, got {self.stop_grace_s}")
         if self.max_logprob_gap < 0:
             raise ConfigError(f"--max_logprob_gap must be >= 0 (0 = per dtype), got {self.max_logprob_gap}")
         if self.max_bad_steps < 1:

@@ -42,7 +42,8 @@ def draw(run_dir: str) -> list[str]:
         "completion_length.png": ("completion length (tokens): mean, 10th/90th percentile, max",
                                   ["completion_len_mean", "completion_len_p10", "completion_len_p90",
                                    "completion_len_max"], None),
-        "kl_logprob_gap.png": ("KL to reference and logprob_gap", ["kl", "logprob_gap"], None),
+        "kl_logprob_gap.png": ("KL to reference and logprob_gap",
+                               ["kl", "logprob_gap", "logprob_gap_learner", "logprob_gap_stale"], None),
     }
     paths = []
     for name, (title, keys, style) in charts.items():

@@ -120,16 +120,31 @@ def _needed(cfg: TrainConfig) -> tuple[int, float, float]:
     return actors, actors * cfg.run.num_cpus_per_actor, gpus
 
 
-def check_resources(cfg: TrainConfig, available: dict[str, float]) -> None:
-    """Raise ConfigError when the cluster cannot place every actor right now."""
+def check_resources(cfg: TrainConfig, available: dict[str, float],
+                    nodes: dict[str, dict[str, float]] | None = None) -> None:
+    """Raise ConfigError when the cluster cannot place every actor right now: too few CPUs/GPUs
+    free in all, or no node big enough for one actor (an actor never spans nodes). `nodes`: each
+    live node's total resources, named in the error so the user sees where they are."""
     actors, cpus, gpus = _needed(cfg)
     free_cpus, free_gpus = available.get("CPU", 0.0), available.get("GPU", 0.0)
+    per_node = ("; per node: " + ", ".join(f"{name} {r.get('CPU', 0):g} CPUs {r.get('GPU', 0):g} GPUs"
+                                           for name, r in nodes.items())) if nodes else ""
     if cpus > free_cpus + 1e-9 or gpus > free_gpus + 1e-9:
         raise ConfigError(
             f"{actors} actors need {cpus:g} CPUs and {gpus:g} GPUs "
             f"({cfg.run.num_cpus_per_actor:g} CPU, {cfg.run.num_gpus_per_actor:g} GPU each) but the "
-            f"cluster has {free_cpus:g} CPUs and {free_gpus:g} GPUs free: lower --number_of_actors "
+            f"cluster has {free_cpus:g} CPUs and {free_gpus:g} GPUs free{per_node}: lower --number_of_actors "
             "or --num_cpus_per_actor/--num_gpus_per_actor, or add nodes")
+    biggest = max(bundles(cfg), key=lambda b: (b.get("GPU", 0.0), b["CPU"]))
+    if nodes and not any(all(r.get(k, 0.0) + 1e-9 >= v for k, v in biggest.items()) for r in nodes.values()):
+        raise ConfigError(f"one actor needs {biggest.get('CPU', 0):g} CPUs and {biggest.get('GPU', 0):g} GPUs on "
+                          f"one node, and no node has that many{per_node}: lower --num_cpus_per_actor/"
+                          "--num_gpus_per_actor/--gpus_per_actor, or add a bigger node")
+
+
+def node_resources() -> dict[str, dict[str, float]]:
+    """Each live node's total resources, by address."""
+    return {n["NodeManagerAddress"]: n["Resources"] for n in ray.nodes() if n.get("Alive")}
 
 
 def engine_max_len(cfg: TrainConfig, model_path: str) -> int:

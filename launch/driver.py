@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -24,6 +25,7 @@ from distrl.algorithms.shaping import fill_with_informative
 from distrl.checkpoint import Checkpoint
 from distrl.config import ConfigError, RunStopped, TrainConfig
 from distrl.data import PromptSampler
+from distrl.data.datasets import FILE_ROW
 from distrl.data.prompts import encode_prompt
 from distrl.generation import Rollout, SamplingParams
 from distrl.precision import GAP_LIMITS
@@ -31,21 +33,23 @@ from distrl.plot import draw as draw_plots
 from distrl.rewards.answers import repeats_prompt
 from distrl.rewards.pool import RewardPool, RewardStats
 from distrl.weights import WeightSyncError
+from launch import disk
 from launch.calls import ActorLost, generator_lost, settle, wait
-from launch.guards import count_bad_update, count_eval_drop, count_flat_steps, count_gap_breach
+from launch.guards import count_bad_update, count_eval_drop, count_flat_steps, count_gap_breach, split_gap
 from launch.cluster import Actors
 from launch.learner_group import LearnerGroup
 from launch.learning_signal import learning_signal
-from launch.metrics import DashboardMetrics, ExtraLogs, MetricsLog, step_line
+from launch.metrics import DashboardMetrics, ExtraLogs, MetricsLog, gap_summary, step_line
 from launch.preflight import Setup, check_tokenizers
 from launch.rounds import Batch, Round, length_percentiles
+from launch.stop import StopSignals
 
 
 class Trainer:
     """Holds the run's state between steps; `train()` is the loop."""
 
-    def __init__(self, cfg: TrainConfig, setup: Setup, actors: Actors) -> None:
-        self.cfg, self.setup, self.actors = cfg, setup, actors
+    def __init__(self, cfg: TrainConfig, setup: Setup, actors: Actors, stop: StopSignals | None = None) -> None:
+        self.cfg, self.setup, self.actors, self.stop = cfg, setup, actors, stop
         self.learners = LearnerGroup(actors.learners or [actors.learner], cfg.run.fsdp)
         self.tokenizer = setup.tokenizer
         self.sampler = PromptSampler(len(setup.train_rows), cfg.run.seed)
@@ -58,6 +62,7 @@ class Trainer:
         self.budget_spent = False
         self.gap_limit = cfg.run.max_logprob_gap or GAP_LIMITS.get(cfg.model.dtype, GAP_LIMITS["bfloat16"])
         self._too_long: set[int] = set()  # training rows over --max_prompt_tokens
+        self._pids = {name: info.get("pid") for name, info in (actors.info or {}).items()}  # restarts count once
         self.evals: dict[int, float] = {}
         self.eval_cut: dict[int, float] = {}  # step -> fraction of held-out answers cut off at the budget
         self.start_step = 0
@@ -125,6 +130,8 @@ class Trainer:
                     # Same prompts, same seed, the weights the batch expects: the step stays whole
                     # (and, on CPU, the rollouts are the ones the dead actor would have returned).
                     self._revive(w, e)
+                    print(f"{workers[w][1]} regenerates its {len(batch.calls[w][0])} prompts of "
+                          + (f"step {batch.step}" if batch.step else "the evaluation"), file=sys.stderr, flush=True)
                     batch.refs[w] = workers[w][0].generate.remote(*batch.calls[w])
         # Undo the round-robin split so groups line up with the prompts.
         groups: list[list[Rollout]] = list(results.get(0, []))
@@ -133,6 +140,9 @@ class Trainer:
         for j in range(len(batch.prompts) - len(groups)):
             groups.append(results[1 + j % gens][j // gens])
             made_by.append(1 + j % gens)
+        for group, w in zip(groups, made_by):  # the learner's gap is split by who sampled
+            for r in group:
+                r.source = w
         return groups, made_by
 
     def _generate(self, prompts: list[list[int]], sampling: SamplingParams,
@@ -157,6 +167,12 @@ class Trainer:
         if block:
             self._finish_sync()
         return time.perf_counter() - start
+
+    def _newest_weights(self) -> Any:
+        """A ref to the learner's newest weights, packed now when its last update did not."""
+        if self.weights_ref is None:
+            self.weights_ref = self.learners.publish(self.cfg.run.timeout_s)
+        return self.weights_ref
 
     def _finish_sync(self) -> None:
         if self._loading is None:
@@ -201,8 +217,10 @@ class Trainer:
                        f"reloading policy version {self.gen_version} into restarted {name}")[0]
         if version != self.gen_version:
             raise RuntimeError(f"restarted {name} loaded version {version}, expected {self.gen_version}")
-        self.generator_restarts += 1
-        print(f"{name} is back (pid {info['pid']}) with policy version {version}", file=sys.stderr, flush=True)
+        if info.get("pid") != self._pids.get(name):  # one restart per new process, whoever noticed the death
+            self.generator_restarts += 1
+            self._pids[name] = info.get("pid")
+        print(f"{name} is back (pid {info.get('pid')}) with policy version {version}", file=sys.stderr, flush=True)
         return version
 
     def _score(self, pool: RewardPool, prompts: list[str], completions: list[str],
@@ -227,7 +245,7 @@ class Trainer:
         completions = [self.tokenizer.decode(r.completion_ids, skip_special_tokens=True)
                        for g in groups for r in g]
         prompts = [row["prompt"] for row in flat_rows]
-        columns = {k: [row[k] for row in flat_rows] for k in flat_rows[0] if k != "prompt"}
+        columns = {k: [row[k] for row in flat_rows] for k in flat_rows[0] if k not in ("prompt", FILE_ROW)}
         scores, stats = self._score(self.rewards, prompts, completions, columns)
         copies = [float(repeats_prompt(p, c)) for p, c in zip(prompts, completions)]
         return torch.tensor(scores).view(len(groups), -1), stats, torch.tensor(copies).view(len(groups), -1)
@@ -237,7 +255,7 @@ class Trainer:
         they lag), spread over the generators: greedy accuracy (main reward > 0.5) and mean
         completion length; with --eval_samples k, also pass@k of k sampled completions (fixed seed)."""
         if self.gen_version != self.policy_version:
-            self._sync(self.weights_ref, self.policy_version)
+            self._sync(self._newest_weights(), self.policy_version)
         cfg, rows = self.cfg, self.setup.eval_rows
         prompts = [self._encode(rows, i) for i in range(len(rows))]
         greedy = SamplingParams(n=1, max_new_tokens=cfg.sampling.eval_tokens, greedy=True)
@@ -263,7 +281,7 @@ class Trainer:
         groups = self._generate(prompts, sampling, learner_share=share)
         flat_rows = [row for row, g in zip(rows, groups) for _ in g]
         completions = [self.tokenizer.decode(r.completion_ids, skip_special_tokens=True) for g in groups for r in g]
-        columns = {k: [row[k] for row in flat_rows] for k in rows[0] if k != "prompt"}
+        columns = {k: [row[k] for row in flat_rows] for k in rows[0] if k not in ("prompt", FILE_ROW)}
         scores, stats = self._score(self.eval_reward, [r["prompt"] for r in flat_rows], completions, columns)
         if stats.errors or stats.timeouts:
             print(f"warning: evaluation scored {stats.errors} reward errors and {stats.timeouts} "
@@ -281,7 +299,35 @@ class Trainer:
             print(f"warning: step {step} not checkpointed: its update was skipped", file=sys.stderr, flush=True)
             return 0.0
         root = self.setup.checkpoint_root
-        folder = checkpoint.begin(root, step)
+        try:
+            folder = checkpoint.begin(root, step)
+            self._write_checkpoint(folder, step)
+            saved = checkpoint.commit(root, step, self.cfg.run.keep_checkpoints)
+        except Exception as e:
+            if not disk.out_of_space(e):
+                raise
+            return self._save_failed(step, e)
+        print(f"checkpoint: {saved.path}", flush=True)
+        return time.perf_counter() - start
+
+    def _save_failed(self, step: int, error: Exception) -> float:
+        """A full disk: the partial folder goes, and the run stops (or, with --on_save_error
+        continue, goes on unsaved) with one line saying what it needed and what is left."""
+        root = self.setup.checkpoint_root
+        partial = os.path.join(root, f".tmp-{checkpoint.step_name(step)}")
+        shutil.rmtree(partial, ignore_errors=True)
+        last = checkpoint.latest(root)
+        need = f"about {disk.size(self.setup.checkpoint_bytes)} needed, " if self.setup.checkpoint_bytes else ""
+        message = (f"checkpoint of step {step} failed: no space left on the device of {root} ({need}"
+                   f"{disk.size(disk.free_bytes(root))} free); removed the partial {partial}; last good "
+                   f"checkpoint: {last.path if last else 'none'}")
+        if self.cfg.run.on_save_error == "continue":
+            print(f"warning: {message}; going on without it (--on_save_error continue)", file=sys.stderr, flush=True)
+            return 0.0
+        raise RunStopped(f"{message}. Free space or point --output_dir elsewhere, then --resume auto "
+                         "(or --on_save_error continue to train on without checkpoints)") from error
+
+    def _write_checkpoint(self, folder: str, step: int) -> None:
         self.learners.run("save_checkpoint", folder, timeout_s=self.cfg.run.timeout_s,
                           what=f"checkpoint of step {step}")
         # Generators hold no state of their own: each generate call seeds its sampler from
@@ -291,13 +337,11 @@ class Trainer:
                  "eval_cut": {str(k): v for k, v in self.eval_cut.items()},
                  "eval_tokens": self.cfg.sampling.eval_tokens,
                  "rollouts_generated": self.rollouts_generated, "rollouts_dropped": self.rollouts_dropped,
-                 "generator_restarts": self.generator_restarts, "config": self.cfg.to_dict(),
+                 "generator_restarts": self.generator_restarts, "prompts_dropped": sorted(self._too_long),
+                 "config": self.cfg.to_dict(),
                  "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         with open(os.path.join(folder, checkpoint.TRAINER_STATE), "w") as f:
             json.dump(state, f, indent=2)
-        saved = checkpoint.commit(root, step, self.cfg.run.keep_checkpoints)
-        print(f"checkpoint: {saved.path}", flush=True)
-        return time.perf_counter() - start
 
     def _restore(self, found: Checkpoint) -> None:
         """Load `found` into the learner and the driver; logs of later steps are dropped."""
@@ -322,6 +366,7 @@ class Trainer:
                   "run's evaluations only", file=sys.stderr, flush=True)
         self.rollouts_generated, self.rollouts_dropped = state["rollouts_generated"], state["rollouts_dropped"]
         self.generator_restarts = state.get("generator_restarts", 0)
+        self._too_long = set(state.get("prompts_dropped", []))
         self.log.keep_through(self.start_step)
         self.samples.keep_through(self.start_step)
         print(f"resumed from {found.path}: step {self.start_step}, policy version {version}", flush=True)
@@ -455,7 +500,9 @@ class Trainer:
         rollouts, adv, ref_lp, extra = learning_signal(self.cfg, rnd.groups, rnd.rewards, self.actors.reference)
         self.flat_steps = count_flat_steps(self.flat_steps, extra["frac_zero_std"], step, cfg)
         t_ref = time.perf_counter()
-        metrics_refs, weights_ref = self.learners.step(rollouts, adv, ref_lp)
+        # Weights are packed only for an update a broadcast follows (--weight_sync_every).
+        publish = (self.policy_version + 1) % cfg.run.weight_sync_every == 0
+        metrics_refs, weights_ref = self.learners.step(rollouts, adv, ref_lp, publish=publish)
         if cfg.run.pipeline_depth and step < cfg.run.max_steps:  # queued behind this update
             self._launch(self._pending[step + 1], "learner")
         train = self.learners.metrics(metrics_refs, cfg.run.timeout_s)
@@ -463,19 +510,21 @@ class Trainer:
         if len(self.learners) > 1 and not cfg.run.fsdp and check and step % check == 0:
             self.learners.check_replicas(cfg.run.timeout_s, step)
         t_train = time.perf_counter()
-        self.policy_version, self.weights_ref = int(train["policy_version"]), weights_ref
+        sampled_at, self.policy_version = self.policy_version, int(train["policy_version"])
+        if self.policy_version != sampled_at:  # a new version: the published weights, or none yet
+            self.weights_ref = weights_ref if publish else None
         self.bad_steps = count_bad_update(self.bad_steps, bool(train["skipped_update"]), cfg.run.max_bad_steps,
                                           step, self.policy_version, self.setup.checkpoint_root)
-        if max(rnd.staleness) == 0:  # off-policy rollouts: the gap measures lag too
-            self.gap_breaches = count_gap_breach(self.gap_breaches, train["logprob_gap"], self.gap_limit,
-                                                 cfg.run.max_bad_steps, step)
+        gaps, by_actor = split_gap(train, [name for _, name in self._workers()])
+        self.gap_breaches = count_gap_breach(self.gap_breaches, by_actor, self.gap_limit, cfg.run.max_bad_steps,
+                                             step, sampled_at, stop=cfg.run.on_logprob_gap == "stop")
         self.budget_spent = self._out_of_time()  # decided once: this step is then the last
         if self._sample_during_sync(step):  # the learner holds the new weights already
             self._pending[step + 1] = self._new_batch(step + 1)
             self._launch(self._pending[step + 1], "learner")
         sync_s = 0.0
         if self.policy_version != self.gen_version and self.policy_version % cfg.run.weight_sync_every == 0:
-            sync_s = self._sync(weights_ref, self.policy_version, block=cfg.run.pipeline_depth == 0)
+            sync_s = self._sync(self._newest_weights(), self.policy_version, block=cfg.run.pipeline_depth == 0)
         all_rollouts = [r for g in groups for r in g]
         completion_tokens = sum(len(r.completion_ids) for r in all_rollouts)
         staleness = rnd.staleness
@@ -484,7 +533,7 @@ class Trainer:
             "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
             "accuracy": float((rewards > 0.5).float().mean()),
             "loss": train["loss"], "kl": train.get("kl", 0.0), "clip_frac": train["clip_frac"],
-            "logprob_gap": train["logprob_gap"], "grad_norm": train["grad_norm"],
+            **gaps, "grad_norm": train["grad_norm"],
             "skipped_update": train["skipped_update"],
             "completion_len_mean": completion_tokens / len(all_rollouts),
             **length_percentiles([len(r.completion_ids) for r in all_rollouts]),
@@ -499,7 +548,7 @@ class Trainer:
             "generator_version": self.gen_version, "generator_restarts": self.generator_restarts,
             "prompts_dropped": len(self._too_long), "sampling_rounds": sampling_rounds, **extra,
         }
-        for key in ("importance_weight", "entropy"):
+        for key in ("importance_weight", "entropy", "grad_offload_mb"):
             if key in train:
                 metrics[key] = train[key]
         metrics["step_s"] = time.perf_counter() - t0
@@ -553,6 +602,11 @@ class Trainer:
             bar.update(1)
             if last:
                 break
+            if self.stop is not None and self.stop.requested:  # SIGTERM/SIGINT: this step is the last
+                if "save_s" not in metrics:
+                    self.save(step)
+                found = checkpoint.latest(self.setup.checkpoint_root)
+                raise self.stop.stopped(step, found.path if found else None)
             if cfg.run.plot_every and step % cfg.run.plot_every == 0:
                 draw_plots(self.setup.output_dir)
         bar.close()
@@ -571,7 +625,7 @@ class Trainer:
             summary.update(
                 median_step_s=statistics.median(m["step_s"] for m in history),
                 tokens_per_s=statistics.median(m["tokens_per_s"] for m in history),
-                logprob_gap=statistics.median(m["logprob_gap"] for m in history),
+                **gap_summary(history),
                 train_minutes=(time.perf_counter() - self.started) / 60)
         return summary
 

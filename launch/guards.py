@@ -29,20 +29,48 @@ def count_bad_update(in_a_row: int, skipped: bool, limit: int, step: int, versio
     return in_a_row
 
 
-def count_gap_breach(in_a_row: int, gap: float, limit: float, max_in_a_row: int, step: int) -> int:
-    """Synchronous steps in a row whose logprob_gap exceeded `limit`, after this one; warns on each,
-    RunStopped at `max_in_a_row`: generators that sample other numbers than the learner computes
-    (a half-loaded sync, another model) make every update off by an unknown amount."""
-    if gap <= limit:
+def split_gap(train: dict[str, float], names: list[str]) -> tuple[dict[str, float], dict[str, float]]:
+    """The learner's log-prob gap sums by who sampled each rollout (taken out of `train`): the
+    step's metrics and each actor's own gap at the version the learner trained from.
+    `logprob_gap` is the generators' rollouts at that version, the cross-process proof;
+    `logprob_gap_learner` the learner's own chunk (the learner against itself);
+    `logprob_gap_stale` rollouts of older versions (async), whose gap is lag as well as sync
+    error. nan where the step had no such rollout."""
+    sums, tokens = {}, {}
+    for key in [k for k in train if k.startswith(("gap_sum/", "gap_tokens/"))]:
+        kind, source = key.split("/")
+        (sums if kind == "gap_sum" else tokens)[source] = train.pop(key)
+
+    def mean(sources: list[str]) -> float:
+        n = sum(tokens.get(s, 0.0) for s in sources)
+        return sum(sums.get(s, 0.0) for s in sources) / n if n else float("nan")
+
+    fresh = [s for s in tokens if s != "stale" and tokens[s]]
+    gaps = {"logprob_gap": mean([s for s in fresh if s != "0"]), "logprob_gap_learner": mean(["0"]),
+            "logprob_gap_stale": mean(["stale"])}
+    return gaps, {names[int(s)]: mean([s]) for s in sorted(fresh, key=int)}
+
+
+def count_gap_breach(in_a_row: int, by_actor: dict[str, float], limit: float, max_in_a_row: int, step: int,
+                     version: int, stop: bool = True) -> int:
+    """Steps in a row where some actor's logprob_gap (its rollouts at the version the learner
+    trained from) exceeded `limit`, after this one; warns on each naming the actor and the
+    version, RunStopped at `max_in_a_row`: generators that sample other numbers than the learner
+    computes (a half-loaded sync, another model) make every update off by an unknown amount.
+    `stop` False (--on_logprob_gap warn): warnings only."""
+    over = {name: gap for name, gap in by_actor.items() if gap > limit}
+    if not over:
         return 0
     in_a_row += 1
-    print(f"warning: step {step}: logprob_gap {gap:.2e} is above {limit:g} (--max_logprob_gap): the "
-          "generators' log-probs differ from the learner's by more than this dtype's rounding",
-          file=sys.stderr, flush=True)
-    if in_a_row >= max_in_a_row:
-        raise RunStopped(f"logprob_gap above {limit:g} for {in_a_row} steps in a row: the generators do not "
-                         "sample from the weights the learner trains (a failed sync?); if the gap is expected "
-                         "(e.g. another engine's numerics), raise --max_logprob_gap")
+    worst = max(over, key=over.get)
+    print(f"warning: step {step}: logprob_gap {over[worst]:.2e} of {worst} at policy version {version} is above "
+          f"{limit:g} (--max_logprob_gap): its log-probs differ from the learner's by more than this dtype's "
+          "rounding", file=sys.stderr, flush=True)
+    if in_a_row >= max_in_a_row and stop:
+        raise RunStopped(f"logprob_gap above {limit:g} for {in_a_row} steps in a row (last: {worst}, "
+                         f"{over[worst]:.2e} at policy version {version}): it does not sample from the weights the "
+                         "learner trains (a failed sync?); if the gap is expected (e.g. another engine's "
+                         "numerics), raise --max_logprob_gap or pass --on_logprob_gap warn")
     return in_a_row
 
 

@@ -5,7 +5,9 @@ and the closing summary."""
 from __future__ import annotations
 
 import json
+import math
 import os
+import statistics
 from typing import Any
 
 
@@ -31,9 +33,9 @@ class MetricsLog:
 
 # metrics.jsonl keys exported as dashboard gauges, named distrl_<key>.
 DASHBOARD_KEYS = ("step", "policy_version", "reward_mean", "accuracy", "eval_accuracy", "loss", "kl",
-                  "logprob_gap", "completion_len_mean", "tokens_per_s", "gen_s", "reward_s", "ref_s",
-                  "train_s", "sync_s", "step_s", "samples_per_s", "staleness_max", "rollouts_dropped",
-                  "reward_errors", "reward_timeouts")
+                  "logprob_gap", "logprob_gap_learner", "completion_len_mean", "tokens_per_s", "gen_s",
+                  "reward_s", "ref_s", "train_s", "sync_s", "step_s", "samples_per_s", "staleness_max",
+                  "rollouts_dropped", "reward_errors", "reward_timeouts")
 
 
 class DashboardMetrics:
@@ -48,7 +50,7 @@ class DashboardMetrics:
 
     def record(self, metrics: dict[str, Any]) -> None:
         for key, gauge in self.gauges.items():
-            if key in metrics:
+            if key in metrics and math.isfinite(float(metrics[key])):
                 gauge.set(float(metrics[key]), tags=self.tags)
 
 
@@ -104,6 +106,19 @@ def step_line(m: dict[str, Any], max_steps: int) -> str:
     return " | ".join(parts)
 
 
+def gap_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run's logprob_gap for the summary: the generators' median and worst step (a median
+    alone hides one bad step), and the learner's own chunk apart. Steps without any are left out."""
+    out: dict[str, Any] = {}
+    for key in ("logprob_gap", "logprob_gap_learner"):
+        steps = [m for m in history if math.isfinite(m.get(key, float("nan")))]
+        if steps:
+            worst = max(steps, key=lambda m: m[key])
+            out.update({key: statistics.median(m[key] for m in steps), f"{key}_max": worst[key],
+                        f"{key}_max_step": worst["step"]})
+    return out
+
+
 def _evaluator(s: dict[str, Any]) -> str:
     """How held-out accuracy was measured: one evaluator at both ends, its budget, and how many
     answers it cut off (a rise in accuracy with many cut off answers may be length, not skill)."""
@@ -122,7 +137,9 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
     if "median_step_s" in s:
         lines += [f"seconds per step (median): {s['median_step_s']:.1f}",
                   f"completion tokens/s (median): {s['tokens_per_s']:.1f}",
-                  f"logprob_gap (median): {s['logprob_gap']:.2e}",
+                  *[f"logprob_gap{label}: median {s[k]:.2e}, max {s[k + '_max']:.2e} at step {s[k + '_max_step']}"
+                    for k, label in (("logprob_gap", " (generators vs learner)"),
+                                     ("logprob_gap_learner", "_learner (its own chunk)")) if k in s],
                   f"training time: {s['train_minutes']:.1f} min"]
     lines += [f"outputs: {s['output_dir']} (metrics.jsonl, config.json, plots/)",
               f"final model: {s['final_model']}"]

@@ -17,12 +17,14 @@ from distrl import checkpoint
 from distrl.checkpoint import Checkpoint, CheckpointError
 from distrl.config import ConfigError, TrainConfig
 from distrl.data import load_splits
+from distrl.data.datasets import FILE_ROW
 from distrl.data.prompts import encode_prompt
 from distrl.generation import resolve_backend
 from distrl.generation.base import choose, vllm_device
 from distrl.models import (check_quantizable, check_unsloth, load_tokenizer, resolve_model,
                            tokenizer_fingerprint)
 from distrl.rewards import load_reward
+from launch import disk, run_lock
 
 
 @dataclasses.dataclass
@@ -38,6 +40,7 @@ class Setup:
     backend: str = "hf"  # the generators' backend, auto resolved ("hf" or "vllm")
     resume: Checkpoint | None = None
     dtype: str = "float32"  # every actor's compute dtype, auto resolved
+    checkpoint_bytes: int = 0  # about what one checkpoint writes (0: not known, e.g. LoRA)
 
     @property
     def checkpoint_root(self) -> str:
@@ -46,7 +49,8 @@ class Setup:
 
 
 def preflight(cfg: TrainConfig) -> Setup:
-    """Resolve model, data and reward; raise ConfigError on bad input. Starts no actor."""
+    """Resolve model, data and reward; raise ConfigError on bad input. Starts no actor. Last,
+    locks the run folder (launch/run_lock.py): a second run on the same folder stops here."""
     if cfg.run.backend == "vllm":  # refused at once where it cannot run, before any loading
         device = vllm_device(cfg.run.num_gpus_per_actor)
         resolve_backend("vllm", device=device)
@@ -80,7 +84,10 @@ def preflight(cfg: TrainConfig) -> Setup:
         output_dir = resume.run_dir  # a resumed run goes on writing where it started
     else:
         output_dir = os.path.join(cfg.run.output_dir, cfg.run.run_name or time.strftime("run-%Y%m%d-%H%M%S"))
-    return Setup(model_path, tokenizer, train_rows, eval_rows, reward_specs, output_dir, backend, resume, dtype)
+    run_lock.hold(output_dir)
+    need = disk.checkpoint_bytes(cfg, model_path)
+    disk.warn_if_short(output_dir, need)
+    return Setup(model_path, tokenizer, train_rows, eval_rows, reward_specs, output_dir, backend, resume, dtype, need)
 
 
 def choose_run_dtype(cfg: TrainConfig, quiet: bool = False) -> str:
@@ -191,12 +198,13 @@ def find_resume(cfg: TrainConfig) -> Checkpoint | None:
 def check_prompt_lengths(tokenizer: Any, rows: list[dict], cfg: TrainConfig) -> None:
     """--long_prompts error: every training prompt is tokenized now, before any actor starts."""
     limit = cfg.data.max_prompt_tokens
-    long = [i for i, row in enumerate(rows)
-            if len(encode_prompt(tokenizer, row["prompt"], cfg.data.system_prompt)) > limit]
+    long = sorted(row.get(FILE_ROW, i + 1) for i, row in enumerate(rows)
+                  if len(encode_prompt(tokenizer, row["prompt"], cfg.data.system_prompt)) > limit)
     if long:
         raise ConfigError(f"{len(long)} training prompts are longer than --max_prompt_tokens {limit} "
-                          f"(rows {', '.join(map(str, long[:5]))}{', ...' if len(long) > 5 else ''}): "
-                          "raise the limit, shorten them, or --long_prompts drop")
+                          f"(rows {', '.join(map(str, long[:5]))}{', ...' if len(long) > 5 else ''} of "
+                          f"{cfg.data.dataset}, counting from 1 in its order): raise the limit, shorten them, "
+                          "or --long_prompts drop")
 
 
 def check_tokenizers(tokenizer: Any, info: dict[str, dict]) -> None:

@@ -11,11 +11,13 @@ import ray
 
 from distrl import checkpoint
 from distrl.config import RunStopped, TrainConfig
+from launch import run_lock
 from launch.calls import ActorLost
-from launch.cluster import Actors, check_resources, connect, create_actors
+from launch.cluster import Actors, check_resources, connect, create_actors, node_resources
 from launch.driver import Trainer
 from launch.metrics import summary_lines
 from launch.preflight import check_tokenizers, preflight
+from launch.stop import Interrupted, StopSignals
 
 
 def run(cfg: TrainConfig) -> dict:
@@ -26,15 +28,17 @@ def run(cfg: TrainConfig) -> dict:
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, backend=setup.backend),
                               model=dataclasses.replace(cfg.model, dtype=setup.dtype))
     connect(cfg)
+    stop = StopSignals(cfg.run.stop_grace_s)
+    stop.install()  # after ray.init: replaces Ray's handler, which aborts the driver
     resumes = 0
     try:
-        check_resources(cfg, ray.available_resources())
+        check_resources(cfg, ray.available_resources(), node_resources())
         while True:
             actors = None
             try:
                 actors = create_actors(cfg, setup.model_path)
                 check_tokenizers(setup.tokenizer, actors.info)
-                trainer = Trainer(cfg, setup, actors)
+                trainer = Trainer(cfg, setup, actors, stop)
                 try:
                     summary = trainer.train()
                 finally:
@@ -51,6 +55,11 @@ def run(cfg: TrainConfig) -> dict:
                 how = (f"resume with --resume {last.path}" if last is not None else
                        "no checkpoint was written yet (see --save_every): start again")
                 raise RunStopped(f"{e}; {how}") from e
+            except Interrupted as e:
+                if e.at_once:  # mid-step: the last checkpoint on disk is where to go on from
+                    last = checkpoint.latest(setup.checkpoint_root)
+                    raise stop.stopped(0, last.path if last else None, at_once=True) from None
+                raise
             finally:
                 if actors is not None:
                     stop_actors(actors)
@@ -59,6 +68,8 @@ def run(cfg: TrainConfig) -> dict:
         return summary
     finally:
         ray.shutdown()
+        stop.uninstall()
+        run_lock.release(setup.output_dir)
 
 
 def stop_actors(actors: Actors) -> None:

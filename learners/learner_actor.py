@@ -128,9 +128,10 @@ class LearnerActor:
             torch.set_num_threads(threads)
 
     def step(self, rollouts: list[Rollout], advantages: list[float], ref_logprobs: list[list[float]] | None = None,
-             batch_totals: tuple[float, int] | None = None,
-             filler: Rollout | None = None) -> tuple[dict, PackedWeights | None]:
-        """One update on `rollouts` (flat) with one advantage each; returns (metrics, new weights).
+             batch_totals: tuple[float, int] | None = None, filler: Rollout | None = None,
+             publish: bool = True) -> tuple[dict, PackedWeights | None]:
+        """One update on `rollouts` (flat) with one advantage each; returns (metrics, new weights),
+        the weights None without `publish` (no broadcast follows this update: nothing to pack).
 
         In a group, `rollouts` is this rank's part and `batch_totals` the whole batch's
         (completion tokens, rollouts), which normalise the loss; metrics are this rank's share
@@ -175,11 +176,15 @@ class LearnerActor:
         skipped = not math.isfinite(grad_norm)  # then the weights did not change
         if not skipped:
             self.policy_version += 1
+        if self.algo.grad_offload:  # what the hooks moved off the model during backward (0: nothing to move)
+            mover = self.optimizer.local if isinstance(self.optimizer, ShardedCPUAdamW) else self.optimizer
+            moved, mover.offloaded_bytes = (mover.offloaded_bytes, 0) if mover is not None else (0, 0)
+            totals["grad_offload_mb"] = moved / 2**20
         totals.update(grad_norm=grad_norm, skipped_update=float(skipped), train_tokens=num_tokens,
                       train_s=time.perf_counter() - start, policy_version=self.policy_version,
                       # Time in gradient/weight collectives outside backward (FSDP's are inside it).
                       comm_s=comm_s if self.world_size > 1 else 0.0)
-        return totals, self.publish()
+        return totals, self.publish() if publish else None
 
     def _accumulate(self, rollouts: list[Rollout], advantages: list[float],
                     ref_logprobs: list[list[float]] | None, num_tokens: float,
@@ -216,9 +221,15 @@ class LearnerActor:
             (loss * weight if weight != 1.0 else loss).backward()
         # The proof the generators hold our weights, read off this same (pre-update) forward:
         # mean |generator log-prob - learner log-prob| over the sampled tokens.
-        gap = ((logprobs.detach() - old).abs() * mask).sum() / max(num_tokens, 1.0)
+        row_gap, row_tokens = ((logprobs.detach() - old).abs() * mask).sum(-1).tolist(), mask.sum(-1).tolist()
         out = {k: float(v) * weight for k, v in metrics.items()}
-        out["logprob_gap"] = float(gap) * weight
+        out["logprob_gap"] = sum(row_gap) / max(num_tokens, 1.0) * weight
+        # The same sums by who sampled each row (the driver splits the gap per actor, and apart
+        # for rollouts of an older version, whose gap is lag as well as sync error).
+        for r, g, n in zip(rollouts, row_gap, row_tokens):
+            source = "stale" if r.policy_version != self.policy_version else r.source
+            out[f"gap_sum/{source}"] = out.get(f"gap_sum/{source}", 0.0) + g * weight
+            out[f"gap_tokens/{source}"] = out.get(f"gap_tokens/{source}", 0.0) + n * weight
         return out
 
     def _reference(self, batch: Collated, rollouts: list[Rollout],

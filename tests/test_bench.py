@@ -29,12 +29,30 @@ def last_line(script: str, *args: str, timeout: float = 600) -> str:
     ("bench/cpu_adam.py", ["--steps", "1"], r"cpu_adamw/fused = \d+\.\d\d"),
     ("bench/zero_advantage_step.py", ["--rows", "4", "--repeats", "1"], r"normal/zero = \d+\.\d\d"),
     ("bench/gpu_learner.py", ["--tiny"], r"peak adamw/cpu_adamw\+offload = \S+"),
-    ("bench/broadcast.py", ["--repeats", "1", "--versions", "2"],
-     r"packed/floor = \d+\.\d\d  naive/packed = \d+\.\d\d  store_growth_mb = \d+"),
-    ("bench/pipeline.py", ["--steps", "2", "--gen_s", "0.05", "--train_s", "0.05"], r"async/sync throughput = \d+\.\d\d"),
 ])
 def test_bench_smallest_setting_prints_its_last_line(script, args, pattern):
     assert re.search(pattern, last_line(script, *args)), script
+
+
+def test_broadcast_times_the_floor_and_grows_the_store_through_the_driver_path(tiny_model_dir):
+    line = last_line("bench/broadcast.py", "--repeats", "1", "--versions", "2", "--model", tiny_model_dir,
+                     "--store_backend", "hf")
+    assert re.fullmatch(r"packed/floor = \d+\.\d\d  naive/packed = \d+\.\d\d  store_growth_mb = -?\d+", line), line
+
+
+def test_pipeline_simulates_then_measures_sync_and_async_runs_for_real(tiny_model_dir):
+    """The last line is the real ratio (two train_distributed.py runs), the simulation above it
+    says it is one."""
+    out = subprocess.run([sys.executable, "bench/pipeline.py", "--steps", "2", "--sim_steps", "2", "--gen_s", "0.05",
+                          "--train_s", "0.05", "--model", tiny_model_dir, "--", "--backend", "hf", "--batch_size", "4",
+                          "--num_candidates", "2", "--max_new_tokens", "4"],
+                         cwd=ROOT, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert re.fullmatch(r"async/sync throughput = \d+\.\d\d \(real\)", lines[-1]), lines[-1]
+    assert any(re.fullmatch(r"async/sync throughput = \d+\.\d\d \(simulated\)", line) for line in lines)
+    assert any(line.startswith("  real k=1 step 2:") for line in lines)  # the async run really ran
 
 
 def test_step_speed_runs_both_dtypes_on_a_tiny_model(tiny_model_dir):

@@ -168,6 +168,18 @@ def test_placement_bundles_follow_the_actors_and_their_resources():
     assert bundles(cfg) == [{"CPU": 0.5, "GPU": 1.0}] * 2
 
 
+def test_an_actor_that_fits_no_single_node_is_refused_naming_each_node():
+    """Enough GPUs in the cluster (2 + 2 on four 1-GPU nodes), but an actor never spans nodes."""
+    from launch.cluster import check_resources
+
+    cfg = parse_args(["--number_of_actors", "1", "--num_gpus_per_actor", "2", "--backend", "hf"])
+    nodes = {f"10.0.0.{i}": {"CPU": 4.0, "GPU": 1.0} for i in range(4)}
+    with pytest.raises(ConfigError, match=r"^one actor needs 0.5 CPUs and 2 GPUs on one node, and no node has "
+                                          r"that many; per node: 10.0.0.0 4 CPUs 1 GPUs, 10.0.0.1 4 CPUs"):
+        check_resources(cfg, {"CPU": 16.0, "GPU": 4.0}, nodes)
+    check_resources(cfg, {"CPU": 16.0, "GPU": 4.0}, {"big": {"CPU": 8.0, "GPU": 4.0}})  # one node holds it
+
+
 def test_colocate_needs_the_vllm_backend():
     assert_one_line_error(cli("--colocate", "--number_of_actors", "1", "--batch_size", "3"),
                           "--colocate shares one GPU", "drop --colocate here")

@@ -9,7 +9,7 @@ from actors.generation_actor import GenerationActor
 from distrl.algorithms import compute_advantages
 from distrl.config import AlgoConfig, ModelConfig
 from distrl.data.prompts import encode_prompt
-from distrl.generation import SamplingParams
+from distrl.generation import SamplingParams, WeightsMissing
 from learners.learner_actor import LearnerActor
 from tests.helpers import ones_fraction
 
@@ -57,6 +57,26 @@ def test_broken_sync_makes_the_gap_jump(tiny_model_dir):
     assert broken_gap > 1e-2 and broken_gap > 1000 * synced_gap
 
 
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_a_sync_that_loads_nothing_is_caught_at_the_default_lr(tiny_model_dir, monkeypatch, lora_rank):
+    """At the default lr one step moves the log-probs too little for the gap to be sure (LoRA's
+    B matrices start at 0): the generator compares the fingerprint of what it holds after loading
+    with the one the learner published, and refuses to sample from anything else."""
+    import distrl.generation.hf as hf
+    from distrl.weights import WeightSyncError
+
+    learner_actor, generator = _pair(tiny_model_dir, lora_rank, lr=AlgoConfig().lr)
+    rollouts, adv = _rollouts(generator, learner_actor, seed=0)
+    _, packed = learner_actor.step(rollouts, adv)
+    monkeypatch.setattr(hf, "load_packed", lambda params, packed: packed.policy_version)  # reports, loads nothing
+    with pytest.raises(WeightSyncError, match="policy version 1: this generator holds other weights"):
+        generator.load_weights(packed)
+    with pytest.raises(WeightsMissing):  # and it samples nothing until a real load
+        _rollouts(generator, learner_actor, seed=1)
+    monkeypatch.undo()
+    assert generator.load_weights(packed) == 1
+
+
 def test_all_zero_advantages_change_nothing_but_still_measure_the_gap(tiny_model_dir):
     learner_actor, generator = _pair(tiny_model_dir, lr=3e-2)
     before = {n: p.detach().clone() for n, p in learner_actor.params.items()}
@@ -94,20 +114,33 @@ def test_mean_reward_rises_on_a_toy_task(tiny_model_dir, learner):
     assert end > start + 0.2, history
 
 
-def test_cpu_adamw_learner_trains_like_adamw(tiny_model_dir):
-    """Same rollouts, same advantages: CPUAdamW (forced master copies + grad offload) and torch
-    AdamW end with the same weights."""
+def test_cpu_adamw_learner_trains_like_adamw(tiny_model_dir, monkeypatch):
+    """Same rollouts, same advantages: CPUAdamW (forced master copies + grad offload, the path a
+    GPU model takes) and torch AdamW end with the same weights."""
+    import distrl.optim as optim
+
+    class ForcedMasters(optim.CPUAdamW):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, master_copy=True, **kwargs)
+
+    # On CPU in fp32 the parameters are their own masters and nothing is offloaded: force copies.
+    monkeypatch.setattr(optim, "CPUAdamW", ForcedMasters)
     results = []
     fp32 = ModelConfig(dtype="float32")
     for algo in (AlgoConfig(lr=1e-2, optimizer="adamw"), AlgoConfig(lr=1e-2, optimizer="cpu_adamw", grad_offload=True)):
         learner_actor = LearnerActor(tiny_model_dir, fp32, algo, temperature=1.0, torch_threads=1)
-        assert type(learner_actor.optimizer).__name__ == algo.optimizer.replace("adamw", "AdamW").replace("cpu_", "CPU")
+        offloading = algo.grad_offload
+        if offloading:  # every parameter has a separate master, and a hook that moves its gradient
+            assert all(learner_actor.optimizer.separate) and len(learner_actor.optimizer._hooks) == len(learner_actor.params)
         generator = GenerationActor(tiny_model_dir, fp32, torch_threads=1)
         generator.load_weights(learner_actor.publish())
         for step in range(3):
             rollouts, adv = _rollouts(generator, learner_actor, seed=step)
             metrics, packed = learner_actor.step(rollouts, adv)
             generator.load_weights(packed)
+            if offloading:  # the hooks moved every gradient during backward, once per micro-batch at least
+                grads_mb = sum(p.numel() * 4 for p in learner_actor.params.values()) / 2**20
+                assert metrics["grad_offload_mb"] >= grads_mb, (metrics["grad_offload_mb"], grads_mb)
         results.append({n: p.detach().clone() for n, p in learner_actor.params.items()})
     for name, p in results[0].items():
         assert torch.allclose(p, results[1][name], atol=1e-5), name

@@ -141,3 +141,70 @@ def test_a_non_finite_loss_on_one_rank_skips_the_update_on_every_rank(ray_cluste
     assert metrics["skipped_update"] == 1.0
     # Neither rank stepped (a rank that did would be a version ahead, its collectives misaligned).
     assert ray.get([h.__ray_call__.remote(_version) for h in group.handles]) == [0, 0]
+
+
+def _flat_state(state, prefix=""):
+    """Every tensor of a nested optimizer state, by path."""
+    if isinstance(state, torch.Tensor):
+        return {prefix: state}
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, list) else []
+    return {k: v for key, value in items for k, v in _flat_state(value, f"{prefix}/{key}").items()}
+
+
+@pytest.mark.parametrize("optimizer,fsdp", [("cpu_adamw", False), ("adamw", True)])
+def test_a_group_resumed_from_its_checkpoint_steps_bit_for_bit_like_the_one_that_went_on(
+        ray_cluster, tiny_model_dir, tmp_path, optimizer, fsdp):
+    """Exact resume with N=2: ZeRO-1 CPUAdamW (each rank saves its own shard of the masters and
+    moments) and FSDP (rank 0 gathers the full optimizer state). Two steps, a checkpoint, a third
+    step; a new group loads the checkpoint and takes the same third step: the same weights and
+    the same optimizer state, bit for bit."""
+    from distrl.checkpoint import load_state
+    from distrl.models import load_tokenizer
+
+    cfg = ModelConfig(dtype="float32")
+    algo = AlgoConfig(lr=1e-3, optimizer=optimizer, micro_batch_size=3, max_grad_norm=0.5)
+    tokenizer = load_tokenizer(tiny_model_dir)
+    generator = GenerationActor(tiny_model_dir, cfg, torch_threads=1)
+    prompts = [encode_prompt(tokenizer, q) for q in ("What is 1+2?", "Hi 7*8?", "Sum 12 and 30", "x")]
+
+    def batch(weights, step):
+        generator.load_weights(weights)
+        rollouts = [r for g in generator.generate(prompts, SamplingParams(n=4, max_new_tokens=10, seed=step)) for r in g]
+        return rollouts, torch.linspace(-1.5, 1.5, len(rollouts)).roll(step).tolist()
+
+    def step(group, rollouts, adv):
+        refs, weights_ref = group.step(rollouts, adv, None)
+        group.metrics(refs, timeout_s=120)
+        return ray.get(weights_ref)
+
+    def save(group, name):
+        folder = tmp_path / name
+        folder.mkdir()
+        group.run("save_checkpoint", str(folder), timeout_s=120, what="saving")
+        shards = ["optimizer-rank0", "optimizer-rank1"] if optimizer == "cpu_adamw" else ["optimizer"]
+        return {s: _flat_state(load_state(str(folder), s)) for s in shards}
+
+    went_on = _group(tiny_model_dir, cfg, algo, 2, fsdp)
+    weights = ray.get(went_on.handles[0].publish.remote())
+    for s in range(2):
+        weights = step(went_on, *batch(weights, s))
+    save(went_on, "step2")
+    third = batch(weights, 2)
+    a = unpack(step(went_on, *third))
+    state_a = save(went_on, "a")
+    for h in went_on.handles:
+        ray.kill(h)
+
+    resumed = _group(tiny_model_dir, cfg, algo, 2, fsdp)
+    assert resumed.run("load_checkpoint", str(tmp_path / "step2"), timeout_s=120, what="loading") == 2
+    b = unpack(step(resumed, *third))
+    state_b = save(resumed, "b")
+    for h in resumed.handles:
+        ray.kill(h)
+
+    moved = max(float((a[n] - weights_before).abs().max()) for n, weights_before in unpack(weights).items())
+    assert moved > 0  # the third step changed the weights
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    for shard in state_a:  # masters and moments (ZeRO-1: each rank's own shard), step counts
+        assert state_a[shard] and state_a[shard].keys() == state_b[shard].keys(), shard
+        assert all(torch.equal(state_a[shard][k], state_b[shard][k]) for k in state_a[shard]), shard

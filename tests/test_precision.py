@@ -1,6 +1,8 @@
 """bf16 compute with nothing lost: the auto choice, fp32 masters, the sync check that still works
 in bf16, the on-policy mismatch correction, and the per-dtype logprob_gap limit."""
 
+import math
+
 import pytest
 import torch
 
@@ -11,7 +13,7 @@ from distrl.generation import SamplingParams
 from distrl.optim import CPUAdamW, make_optimizer
 from distrl.precision import choose_dtype
 from distrl.weights import WeightSyncError, same_fingerprint
-from launch.guards import count_gap_breach
+from launch.guards import count_gap_breach, split_gap
 from learners.learner_actor import LearnerActor
 
 AMX = {"fpu", "avx512f", "amx_tile", "amx_bf16"}
@@ -171,13 +173,33 @@ def test_mismatch_correction_turns_on_where_the_numerics_differ():
     assert parse_args(["--dtype", "float32", "--backend", "hf", "--mismatch_correction", "on"]).corrects_mismatch
 
 
-def test_a_gap_above_the_limit_warns_then_stops_the_run(capsys):
-    assert count_gap_breach(0, 0.05, 0.1, 3, step=1) == 0 and capsys.readouterr().err == ""
-    assert count_gap_breach(0, 0.2, 0.1, 3, step=2) == 1
-    assert "step 2: logprob_gap 2.00e-01 is above 0.1" in capsys.readouterr().err
-    assert count_gap_breach(1, 0.05, 0.1, 3, step=3) == 0  # one good step resets the count
-    with pytest.raises(RunStopped, match="above 0.1 for 3 steps in a row"):
-        count_gap_breach(2, 0.3, 0.1, 3, step=4)
+def test_a_gap_above_the_limit_warns_naming_the_actor_and_version_then_stops_the_run(capsys):
+    fine = {"distrl-learner": 0.01, "distrl-generator-0": 0.05}
+    assert count_gap_breach(0, fine, 0.1, 3, step=1, version=0) == 0 and capsys.readouterr().err == ""
+    assert count_gap_breach(0, {**fine, "distrl-generator-1": 0.2}, 0.1, 3, step=2, version=1) == 1
+    assert "step 2: logprob_gap 2.00e-01 of distrl-generator-1 at policy version 1 is above 0.1" in capsys.readouterr().err
+    assert count_gap_breach(1, fine, 0.1, 3, step=3, version=2) == 0  # one good step resets the count
+    with pytest.raises(RunStopped, match="above 0.1 for 3 steps in a row .last: distrl-generator-0, 3.00e-01 at "
+                                         "policy version 3"):
+        count_gap_breach(2, {"distrl-generator-0": 0.3}, 0.1, 3, step=4, version=3)
+    # --on_logprob_gap warn: the same warnings, and the run goes on
+    assert count_gap_breach(2, {"distrl-generator-0": 0.3}, 0.1, 3, step=4, version=3, stop=False) == 3
+    assert "step 4: logprob_gap 3.00e-01 of distrl-generator-0" in capsys.readouterr().err
+
+
+def test_the_gap_is_split_by_who_sampled_and_stale_rollouts_apart():
+    """The number users watch is the generators' against the learner: the learner's own chunk
+    (the learner against itself) and rollouts of older versions (lag) are reported apart."""
+    names = ["distrl-learner", "distrl-generator-0", "distrl-generator-1"]
+    train = {"loss": 0.5, "gap_sum/0": 0.0, "gap_tokens/0": 10.0, "gap_sum/1": 2.0, "gap_tokens/1": 10.0,
+             "gap_sum/2": 1.0, "gap_tokens/2": 30.0, "gap_sum/stale": 6.0, "gap_tokens/stale": 20.0}
+    gaps, by_actor = split_gap(train, names)
+    assert gaps == {"logprob_gap": pytest.approx(3.0 / 40), "logprob_gap_learner": 0.0,
+                    "logprob_gap_stale": pytest.approx(0.3)}
+    assert by_actor == {"distrl-learner": 0.0, "distrl-generator-0": 0.2, "distrl-generator-1": pytest.approx(1 / 30)}
+    assert train == {"loss": 0.5}  # the sums do not reach metrics.jsonl
+    gaps, by_actor = split_gap({"gap_sum/0": 1.0, "gap_tokens/0": 4.0}, names)  # no generator: nothing to prove
+    assert math.isnan(gaps["logprob_gap"]) and gaps["logprob_gap_learner"] == 0.25 and by_actor == {"distrl-learner": 0.25}
 
 
 def test_compiled_bf16_training_kernels_keep_the_update_and_generation(tiny_model_dir):

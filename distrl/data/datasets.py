@@ -32,6 +32,9 @@ def _load_table(spec: str):
                           f"({type(e).__name__}); give a .jsonl/.json/.parquet/.csv path") from e
 
 
+FILE_ROW = "_file_row"  # a row's 1-based number in its file; not a column rewards see
+
+
 def load_rows(spec: str, prompt_field: str, answer_field: str) -> list[dict[str, Any]]:
     """Rows with `prompt` and `answer` keys (other columns kept) from a file or hub dataset."""
     table = _load_table(spec)
@@ -45,16 +48,17 @@ def load_rows(spec: str, prompt_field: str, answer_field: str) -> list[dict[str,
         row = dict(row)
         for name in (prompt_field, answer_field):
             if row[name] is None or not str(row[name]).strip():
-                bad[name].append(i)
+                bad[name].append(i + 1)
         row["prompt"], row["answer"] = row.pop(prompt_field), row.pop(answer_field)
+        row[FILE_ROW] = i + 1  # how the user's file numbers it, through any split or shuffle
         rows.append(row)
     if not rows:
         raise ConfigError(f"dataset '{spec}' has no rows")
     problems = [f"'{name}' missing or empty in {len(idx)} rows (row {', '.join(map(str, idx[:5]))}"
                 f"{', ...' if len(idx) > 5 else ''})" for name, idx in bad.items() if idx]
     if problems:
-        raise ConfigError(f"dataset '{spec}': {'; '.join(problems)} (rows count from 0): fix or "
-                          "remove those rows")
+        raise ConfigError(f"dataset '{spec}': {'; '.join(problems)} (rows count from 1 in the file's "
+                          "order): fix or remove those rows")
     return rows
 
 

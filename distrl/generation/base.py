@@ -27,6 +27,7 @@ class Rollout:
     logprobs: list[float]
     finish_reason: str          # "stop" (EOS sampled) or "length" (max_new_tokens reached)
     policy_version: int
+    source: int = 0             # who sampled it: 0 the learner, i the i-th generator (set by the driver)
 
 
 class WeightsMissing(RuntimeError):

@@ -110,6 +110,7 @@ class CPUAdamW:
         self._events: dict[int, torch.cuda.Event] = {}
         self._pending: set[int] = set()
         self._hooks = []
+        self.offloaded_bytes = 0  # gradient bytes the hooks moved off the parameters (grad_offload)
         if grad_offload:
             for i, p in enumerate(self.params):
                 if self.separate[i]:
@@ -123,6 +124,7 @@ class CPUAdamW:
             if stage is None:  # pinned, so the device-to-host copy really runs asynchronously
                 stage = self._staging[i] = torch.empty(param.shape, dtype=torch.float32, pin_memory=self.pin)
             stage.copy_(param.grad, non_blocking=True)
+            self.offloaded_bytes += param.grad.numel() * param.grad.element_size()
             if param.device.type == "cuda":
                 self._events[i] = torch.cuda.Event()
                 self._events[i].record()

@@ -1,6 +1,7 @@
 """Actors die or hang for real (SIGKILL / SIGSTOP by pid) in the middle of a run."""
 
 import os
+import re
 import signal
 import time
 
@@ -25,6 +26,7 @@ def test_a_generator_killed_mid_rollout_is_restarted_and_the_step_completes(tiny
     deadline = time.time() + 30
     while _cpu_ticks(pid) - before < 5 and time.time() < deadline:  # it is sampling now
         time.sleep(0.01)
+    assert _cpu_ticks(pid) - before >= 5, "generator-1 never started sampling step 3"
     os.kill(pid, signal.SIGKILL)
     code, out, err = run.finish()
     assert code == 0, err[-3000:]
@@ -35,6 +37,8 @@ def test_a_generator_killed_mid_rollout_is_restarted_and_the_step_completes(tiny
     assert all(m["logprob_gap"] < 1e-4 for m in steps)  # the restarted actor got the weights
     assert steps[-1]["generator_restarts"] == 1
     assert "distrl-generator-1 died" in err and "distrl-generator-1 is back" in err
+    # The kill landed in step 3's generate (not in a weight load): that is the call sent again.
+    assert re.search(r"distrl-generator-1 regenerates its \d+ prompts of step 3\n", err), err[-3000:]
 
 
 def test_a_generator_restarted_between_syncs_loads_weights_before_it_samples(tiny_model_dir, tmp_path):

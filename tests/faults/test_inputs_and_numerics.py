@@ -87,7 +87,7 @@ def test_a_tokenizer_that_differs_on_one_actor_is_refused(tiny_model_dir, tmp_pa
         check_tokenizers(tokenizer, {"distrl-generator-0": same, "distrl-generator-1": odd})
 
 
-def test_a_malformed_dataset_row_is_reported_with_its_index(tiny_model_dir, tmp_path):
+def test_a_malformed_dataset_row_is_reported_with_its_number_in_the_file(tiny_model_dir, tmp_path):
     path = tmp_path / "rows.jsonl"
     rows = [{"prompt": "a", "answer": "1"}, {"prompt": "", "answer": "2"}, {"prompt": "c", "answer": None},
             {"prompt": "d", "answer": "4"}]
@@ -95,16 +95,22 @@ def test_a_malformed_dataset_row_is_reported_with_its_index(tiny_model_dir, tmp_
     proc = _cli("--model", tiny_model_dir, "--dataset", str(path))
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
-        f"error: dataset '{path}': 'prompt' missing or empty in 1 rows (row 1); 'answer' missing or empty "
-        "in 1 rows (row 2) (rows count from 0): fix or remove those rows")
+        f"error: dataset '{path}': 'prompt' missing or empty in 1 rows (row 2); 'answer' missing or empty "
+        "in 1 rows (row 3) (rows count from 1 in the file's order): fix or remove those rows")
 
 
-def test_over_long_prompts_are_refused_up_front_when_asked(tiny_model_dir, tmp_path):
-    path = write_rows(tmp_path / "rows.jsonl", ["short", "x" * 200, "short too"])
+def test_over_long_prompts_are_refused_up_front_naming_their_rows_as_the_file_does(tiny_model_dir, tmp_path):
+    """Rows 5 and 12 of the file (lines 5 and 12 of the .jsonl), also after the shuffled
+    train/eval split has moved them."""
+    prompts = [f"short {i}" for i in range(30)]
+    prompts[4] = prompts[11] = "x" * 200
+    path = write_rows(tmp_path / "rows.jsonl", prompts)
     proc = _cli("--model", tiny_model_dir, "--dataset", path, "--max_prompt_tokens", "64",
-                "--long_prompts", "error", "--eval_fraction", "0.34")
+                "--long_prompts", "error", "--eval_fraction", "0.1")
     assert proc.returncode == 2
-    assert "1 training prompts are longer than --max_prompt_tokens 64" in proc.stderr.strip().splitlines()[-1]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: 2 training prompts are longer than --max_prompt_tokens 64 (rows 5, 12 of {path}, counting from 1 "
+        "in its order): raise the limit, shorten them, or --long_prompts drop")
 
 
 def test_a_pickle_checkpoint_is_refused_before_anything_starts(tiny_model_dir, tmp_path):

@@ -1,0 +1,119 @@
+"""The driver's counters and its weight packing, on Ray actors that stand in for the learner and
+the generators (they sample fixed tokens and count calls): what a user reads in metrics.jsonl
+must count each event once, survive a resume, and cost nothing that is not used."""
+
+import os
+
+import pytest
+import ray
+
+from distrl import checkpoint
+from distrl.config import parse_args
+from distrl.data import load_splits
+from distrl.generation import Rollout
+from launch.cluster import Actors
+from launch.driver import Setup, Trainer
+
+
+class Stub:
+    """A learner or generator that samples two fixed tokens and records what it was asked."""
+
+    def __init__(self):
+        self.version, self.published = 0, []
+
+    def ready(self):
+        return {"pid": os.getpid()}
+
+    def generate(self, prompts, sampling):
+        return [[Rollout(p, [5, 6], [-1.0, -1.0], "length", self.version) for _ in range(sampling.n)] for p in prompts]
+
+    def step(self, rollouts, advantages, ref_logprobs=None, publish=True):
+        self.version += 1
+        self.published.append(publish)
+        metrics = dict(loss=0.0, kl=0.0, clip_frac=0.0, grad_norm=1.0, skipped_update=0.0, train_s=0.0,
+                       policy_version=self.version, logprob_gap=0.0)
+        return metrics, ({"policy_version": self.version} if publish else None)
+
+    def publish(self):
+        self.published.append("on demand")
+        return {"policy_version": self.version}
+
+    def load_weights(self, packed):
+        (ref,) = packed
+        self.version = ray.get(ref)["policy_version"]
+        return self.version
+
+    def save_checkpoint(self, folder):
+        return self.version
+
+    def load_checkpoint(self, folder):
+        return self.version
+
+    def asked(self):
+        return self.published
+
+
+class _Tokenizer:
+    chat_template = None
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [1, 2, 3]}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "42"
+
+
+@pytest.fixture
+def make_trainer(tmp_path):
+    ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR")
+    made = []
+
+    def make(*flags):
+        cfg = parse_args(["--number_of_actors", "2", "--batch_size", "4", "--num_candidates", "2", "--eval_every",
+                          "0", "--plot_every", "0", *flags])
+        rows, eval_rows = load_splits(cfg.data, 0)
+        stub = ray.remote(Stub).options(num_cpus=0)
+        actors = Actors(stub.remote(), [stub.remote() for _ in range(2)], None)
+        trainer = Trainer(cfg, Setup("", _Tokenizer(), rows, eval_rows, [("numeric", 1.0)], str(tmp_path / "run")),
+                          actors)
+        trainer.weights_ref = actors.learner.publish.remote()
+        trainer._sync(trainer.weights_ref, 0)
+        made.append(trainer)
+        return trainer
+
+    yield make
+    for trainer in made:
+        trainer.close()
+    ray.shutdown()
+
+
+def test_weights_are_packed_only_for_updates_a_broadcast_follows(make_trainer):
+    trainer = make_trainer("--async_staleness", "1", "--weight_sync_every", "2")
+    for step in range(1, 5):
+        trainer.step(step)
+    trainer._finish_sync()
+    assert ray.get(trainer.actors.learner.asked.remote()) == ["on demand", False, True, False, True]
+    trainer.evaluate()  # version 4 was published: nothing to pack again
+    assert ray.get(trainer.actors.learner.asked.remote())[-1] is True
+    trainer.step(5)
+    trainer.evaluate()  # version 5 was not: packed now, once, for the evaluation's sync
+    assert ray.get(trainer.actors.learner.asked.remote())[-2:] == [False, "on demand"]
+    assert trainer.gen_version == 5
+
+
+def test_a_restart_seen_by_two_calls_counts_once(make_trainer, monkeypatch):
+    """In async mode a generator's death can surface in its generate call and in its weight load."""
+    monkeypatch.setattr("launch.driver.check_tokenizers", lambda tokenizer, info: None)
+    trainer = make_trainer()
+    for _ in range(2):
+        trainer._revive(1, RuntimeError("distrl-generator-0 died"))
+    assert trainer.generator_restarts == 1
+
+
+def test_prompts_dropped_survive_a_resume(make_trainer):
+    trainer = make_trainer()
+    trainer._too_long, trainer.data_position = {3, 5}, (0, 4)
+    trainer.save(1)
+    resumed = make_trainer()
+    resumed._restore(checkpoint.latest(trainer.setup.checkpoint_root))
+    assert resumed._too_long == {3, 5}

@@ -1,8 +1,12 @@
 """The training loop: generate -> reward -> advantages -> (reference) -> learn -> publish weights.
 
-Only orchestration lives here: the math is in `distrl/algorithms/`, the model work in the
-actors, the checks before start-up in `launch/preflight.py`, the deadlines on every wait in
-`launch/calls.py`. Every rollout's policy version is checked against the version the step expects.
+Only orchestration lives here, split by role: the step and the loop (this file), the generator
+fleet (`launch/fleet.py`: launch, gather, admit, revive, sync), scoring and evaluation
+(`launch/scoring.py`), checkpoints (`launch/checkpointing.py`). The math is in
+`distrl/algorithms/`, the model work in the actors, the checks before start-up in
+`launch/preflight.py`, the deadlines on every wait in `launch/calls.py`, the checks on a running
+run in `launch/guards.py`. Every rollout's policy version is checked against the version the
+step expects.
 """
 
 from __future__ import annotations
@@ -10,43 +14,40 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import statistics
 import sys
 import time
 from typing import Any
 
-import ray
 import torch
 from tqdm import tqdm
 
 from distrl import checkpoint
 from distrl.algorithms.shaping import fill_with_informative
-from distrl.checkpoint import Checkpoint
-from distrl.config import ConfigError, RunStopped, TrainConfig
+from distrl.config import ConfigError, TrainConfig
 from distrl.data import PromptSampler
-from distrl.data.datasets import FILE_ROW
 from distrl.data.prompts import encode_prompt
 from distrl.generation import Rollout, SamplingParams
 from distrl.precision import GAP_LIMITS
 from distrl.plot import draw as draw_plots
-from distrl.rewards.answers import repeats_prompt
-from distrl.rewards.pool import RewardPool, RewardStats
-from distrl.weights import WeightSyncError
-from launch import disk
-from launch.calls import ActorLost, generator_lost, settle, wait
+from distrl.rewards.pool import RewardPool
 from launch.guards import count_bad_update, count_eval_drop, count_flat_steps, count_gap_breach, split_gap
 from launch.cluster import Actors
 from launch.learner_group import LearnerGroup
 from launch.learning_signal import learning_signal
 from launch.metrics import DashboardMetrics, ExtraLogs, MetricsLog, gap_summary, step_line
-from launch.preflight import Setup, check_tokenizers
+from launch.preflight import Setup
 from launch.rounds import Batch, Round, length_percentiles
+from launch.checkpointing import Checkpointing
+from launch.fleet import GeneratorFleet
+from launch.scoring import Scoring
 from launch.stop import StopSignals
 
 
-class Trainer:
-    """Holds the run's state between steps; `train()` is the loop."""
+class Trainer(GeneratorFleet, Scoring, Checkpointing):
+    """Holds the run's state between steps; `train()` is the loop. Its roles: the generator
+    fleet (launch/fleet.py), scoring and evaluation (launch/scoring.py), checkpoints
+    (launch/checkpointing.py); the step itself and the loop are here."""
 
     def __init__(self, cfg: TrainConfig, setup: Setup, actors: Actors, stop: StopSignals | None = None) -> None:
         self.cfg, self.setup, self.actors, self.stop = cfg, setup, actors, stop
@@ -94,283 +95,6 @@ class Trainer:
             self._prompt_cache[index] = self._encode(self.setup.train_rows, index)
         return self._prompt_cache[index]
 
-    def _workers(self) -> list[tuple[Any, str]]:
-        gens = [(g, f"distrl-generator-{i}") for i, g in enumerate(self.actors.generators)]
-        return [(self.actors.learner, "distrl-learner")] + gens
-
-    def _launch(self, batch: Batch, who: str = "all") -> None:
-        """Start generation for `batch` on the learner (its first `learner_share` prompts), the
-        generators (the rest, round-robin), or "all"; each call's seed depends on the worker."""
-        workers = self._workers()
-        share = batch.learner_share if len(workers) > 1 else len(batch.prompts)
-        rest = batch.prompts[share:]
-        gens = len(workers) - 1
-        chunks = [batch.prompts[:share]] + [rest[i::gens] for i in range(gens)]
-        for w, chunk in enumerate(chunks):
-            if chunk and (who == "all" or (who == "learner") == (w == 0)):
-                batch.calls[w] = (chunk, dataclasses.replace(batch.sampling, seed=batch.sampling.seed * 1009 + w))
-                batch.refs[w] = workers[w][0].generate.remote(*batch.calls[w])
-
-    def _gather(self, batch: Batch) -> tuple[list[list[Rollout]], list[int]]:
-        """Wait for every chunk of `batch`; groups in prompt order, and who generated each."""
-        workers = self._workers()
-        results: dict[int, list[list[Rollout]]] = {}
-        while len(results) < len(batch.refs):
-            owners = [w for w in sorted(batch.refs) if w not in results]
-            settle([batch.refs[w] for w in owners], [workers[w][1] for w in owners], self.cfg.run.timeout_s,
-                   "generation")
-            for w in owners:
-                try:
-                    results[w] = ray.get(batch.refs[w])
-                except Exception as e:
-                    if w == 0 or not generator_lost(e):
-                        if isinstance(e, ray.exceptions.RayActorError):
-                            raise ActorLost(workers[w][1], e) from e
-                        raise
-                    # Same prompts, same seed, the weights the batch expects: the step stays whole
-                    # (and, on CPU, the rollouts are the ones the dead actor would have returned).
-                    self._revive(w, e)
-                    print(f"{workers[w][1]} regenerates its {len(batch.calls[w][0])} prompts of "
-                          + (f"step {batch.step}" if batch.step else "the evaluation"), file=sys.stderr, flush=True)
-                    batch.refs[w] = workers[w][0].generate.remote(*batch.calls[w])
-        # Undo the round-robin split so groups line up with the prompts.
-        groups: list[list[Rollout]] = list(results.get(0, []))
-        made_by = [0] * len(groups)
-        gens = len(workers) - 1
-        for j in range(len(batch.prompts) - len(groups)):
-            groups.append(results[1 + j % gens][j // gens])
-            made_by.append(1 + j % gens)
-        for group, w in zip(groups, made_by):  # the learner's gap is split by who sampled
-            for r in group:
-                r.source = w
-        return groups, made_by
-
-    def _generate(self, prompts: list[list[int]], sampling: SamplingParams,
-                  learner_share: int) -> list[list[Rollout]]:
-        batch = Batch(0, [], prompts, sampling, learner_share)
-        self._launch(batch)
-        return self._gather(batch)[0]
-
-    def _sync(self, weights_ref: Any, version: int, block: bool = True) -> float:
-        """Every generator loads `version`; returns the seconds waited. Refuses a generator that
-        lags. With `block=False` the loads queue behind the generations already submitted (an
-        actor runs its calls in order) and are checked, with the same deadline, before the next
-        sync or when the run needs them."""
-        start = time.perf_counter()
-        self._finish_sync()
-        if self.actors.generators:
-            # Wrapped in a list, the ref reaches the actor unresolved: a vLLM engine's workers
-            # fetch the object themselves (the hf backend resolves it in the actor).
-            refs = [g.load_weights.remote([weights_ref]) for g in self.actors.generators]
-            self._loading = (refs, version)
-        self.gen_version, self.gen_weights_ref = version, weights_ref
-        if block:
-            self._finish_sync()
-        return time.perf_counter() - start
-
-    def _newest_weights(self) -> Any:
-        """A ref to the learner's newest weights, packed now when its last update did not."""
-        if self.weights_ref is None:
-            self.weights_ref = self.learners.publish(self.cfg.run.timeout_s)
-        return self.weights_ref
-
-    def _finish_sync(self) -> None:
-        if self._loading is None:
-            return
-        (refs, version), self._loading = self._loading, None
-        names = [f"distrl-generator-{i}" for i in range(len(refs))]
-        settle(refs, names, self.cfg.run.sync_timeout_s, f"weight sync to version {version}")
-        loaded = []
-        for i, ref in enumerate(refs):
-            try:
-                loaded.append(ray.get(ref))
-            except ray.exceptions.RayActorError as e:
-                loaded.append(self._revive(1 + i, e))
-            except WeightSyncError as e:  # Ray raises the task's error as a subclass of its type
-                raise RunStopped(f"{names[i]}: {str(e).splitlines()[-1]}; the run stops rather than "
-                                 "train on rollouts from unknown weights") from e
-        wrong = [n for n, v in zip(names, loaded) if v != version]
-        if wrong:
-            raise RuntimeError(f"weight sync: {', '.join(wrong)} did not load version {version}")
-
-    def _revive(self, w: int, error: Exception) -> int:
-        """Wait for Ray to restart generator `w` (at most --max_actor_restarts times) and load it
-        with the weights the generators hold, before it generates again; returns that version."""
-        actor, name = self._workers()[w]
-        print(f"warning: {ActorLost(name, error)}; waiting for Ray to restart it", file=sys.stderr, flush=True)
-        deadline = time.monotonic() + self.cfg.run.timeout_s
-        while True:  # "unavailable" while Ray restarts it; "died" once restarts are used up
-            try:
-                info = ray.get(actor.ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
-                break
-            except ray.exceptions.ActorUnavailableError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"restarting {name}: not back within {self.cfg.run.timeout_s:g}s") from None
-                time.sleep(0.5)
-            except ray.exceptions.GetTimeoutError:
-                raise TimeoutError(f"restarting {name}: not back within {self.cfg.run.timeout_s:g}s") from None
-            except ray.exceptions.RayActorError as e:
-                raise ActorLost(name, f"Ray could not restart it (--max_actor_restarts "
-                                      f"{self.cfg.run.max_actor_restarts})") from e
-        check_tokenizers(self.tokenizer, {name: info})
-        version = wait([actor.load_weights.remote([self.gen_weights_ref])], [name], self.cfg.run.sync_timeout_s,
-                       f"reloading policy version {self.gen_version} into restarted {name}")[0]
-        if version != self.gen_version:
-            raise RuntimeError(f"restarted {name} loaded version {version}, expected {self.gen_version}")
-        if info.get("pid") != self._pids.get(name):  # one restart per new process, whoever noticed the death
-            self.generator_restarts += 1
-            self._pids[name] = info.get("pid")
-        print(f"{name} is back (pid {info.get('pid')}) with policy version {version}", file=sys.stderr, flush=True)
-        return version
-
-    def _score(self, pool: RewardPool, prompts: list[str], completions: list[str],
-               columns: dict[str, list]) -> tuple[list[float], RewardStats]:
-        """Score in the reward process; stop on malformed results or too many failures."""
-        scores, stats = pool.score(prompts, completions, columns)
-        if stats.bad_results:
-            raise ValueError(f"{stats.bad_results[0]} (in {len(stats.bad_results)} of "
-                             f"{len(completions)} calls): fix the reward function")
-        failed, calls = stats.errors + stats.timeouts, len(pool.specs) * len(completions)
-        if failed > self.cfg.data.max_reward_error_rate * calls:
-            raise RuntimeError(f"reward failed on {failed} of {calls} calls "
-                               f"({stats.timeouts} timeouts), above --max_reward_error_rate "
-                               f"{self.cfg.data.max_reward_error_rate}; first error:\n"
-                               f"{stats.first_traceback or 'timeout'}")
-        return scores, stats
-
-    def _rewards(self, rows: list[dict], groups: list[list[Rollout]]) -> tuple[torch.Tensor, RewardStats, torch.Tensor]:
-        """`(P, G)` rewards and `(P, G)` prompt copies (1.0 where a completion restates its
-        prompt); completions decoded without special tokens."""
-        flat_rows = [row for row, g in zip(rows, groups) for _ in g]
-        completions = [self.tokenizer.decode(r.completion_ids, skip_special_tokens=True)
-                       for g in groups for r in g]
-        prompts = [row["prompt"] for row in flat_rows]
-        columns = {k: [row[k] for row in flat_rows] for k in flat_rows[0] if k not in ("prompt", FILE_ROW)}
-        scores, stats = self._score(self.rewards, prompts, completions, columns)
-        copies = [float(repeats_prompt(p, c)) for p, c in zip(prompts, completions)]
-        return torch.tensor(scores).view(len(groups), -1), stats, torch.tensor(copies).view(len(groups), -1)
-
-    def evaluate(self) -> dict[str, float]:
-        """On the held-out prompts, with the learner's newest weights (a sync out of turn when
-        they lag), spread over the generators: greedy accuracy (main reward > 0.5) and mean
-        completion length; with --eval_samples k, also pass@k of k sampled completions (fixed seed)."""
-        if self.gen_version != self.policy_version:
-            self._sync(self._newest_weights(), self.policy_version)
-        cfg, rows = self.cfg, self.setup.eval_rows
-        prompts = [self._encode(rows, i) for i in range(len(rows))]
-        greedy = SamplingParams(n=1, max_new_tokens=cfg.sampling.eval_tokens, greedy=True)
-        correct, lengths, cut = self._eval_pass(prompts, greedy)
-        out = {"eval_accuracy": sum(1.0 for c in correct if c > 0.5) / len(correct),
-               "eval_len_mean": sum(lengths) / len(lengths), "eval_truncated_frac": cut}
-        if cfg.run.eval_samples:
-            k = cfg.run.eval_samples
-            sampled = SamplingParams(n=k, max_new_tokens=cfg.sampling.eval_tokens,
-                                     temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
-                                     seed=cfg.run.seed * 100_003 + 99_991)
-            correct, _, _ = self._eval_pass(prompts, sampled)
-            hits = [any(c > 0.5 for c in correct[i * k:(i + 1) * k]) for i in range(len(prompts))]
-            out["eval_pass_at_k"] = sum(hits) / len(hits)
-        return out
-
-    def _eval_pass(self, prompts: list[list[int]],
-                   sampling: SamplingParams) -> tuple[list[float], list[int], float]:
-        """Main-reward scores and completion lengths of every held-out completion, flat, in order,
-        and the fraction cut off at the token budget."""
-        rows = self.setup.eval_rows
-        share = 0 if self.actors.generators else len(prompts)
-        groups = self._generate(prompts, sampling, learner_share=share)
-        flat_rows = [row for row, g in zip(rows, groups) for _ in g]
-        completions = [self.tokenizer.decode(r.completion_ids, skip_special_tokens=True) for g in groups for r in g]
-        columns = {k: [row[k] for row in flat_rows] for k in rows[0] if k not in ("prompt", FILE_ROW)}
-        scores, stats = self._score(self.eval_reward, [r["prompt"] for r in flat_rows], completions, columns)
-        if stats.errors or stats.timeouts:
-            print(f"warning: evaluation scored {stats.errors} reward errors and {stats.timeouts} "
-                  "timeouts as --reward_default", file=sys.stderr, flush=True)
-        flat = [r for g in groups for r in g]
-        return scores, [len(r.completion_ids) for r in flat], sum(r.finish_reason == "length" for r in flat) / len(flat)
-
-    # -- checkpoints ------------------------------------------------------------------
-    def save(self, step: int) -> float:
-        """Checkpoint after `step`: the learner writes its weights, optimizer and RNG state into
-        a temporary folder, the driver adds its own state, then the folder is committed. A step
-        whose update was skipped is not saved. Returns the seconds it took."""
-        start = time.perf_counter()
-        if self.bad_steps:
-            print(f"warning: step {step} not checkpointed: its update was skipped", file=sys.stderr, flush=True)
-            return 0.0
-        root = self.setup.checkpoint_root
-        try:
-            folder = checkpoint.begin(root, step)
-            self._write_checkpoint(folder, step)
-            saved = checkpoint.commit(root, step, self.cfg.run.keep_checkpoints)
-        except Exception as e:
-            if not disk.out_of_space(e):
-                raise
-            return self._save_failed(step, e)
-        print(f"checkpoint: {saved.path}", flush=True)
-        return time.perf_counter() - start
-
-    def _save_failed(self, step: int, error: Exception) -> float:
-        """A full disk: the partial folder goes, and the run stops (or, with --on_save_error
-        continue, goes on unsaved) with one line saying what it needed and what is left."""
-        root = self.setup.checkpoint_root
-        partial = os.path.join(root, f".tmp-{checkpoint.step_name(step)}")
-        shutil.rmtree(partial, ignore_errors=True)
-        last = checkpoint.latest(root)
-        need = f"about {disk.size(self.setup.checkpoint_bytes)} needed, " if self.setup.checkpoint_bytes else ""
-        message = (f"checkpoint of step {step} failed: no space left on the device of {root} ({need}"
-                   f"{disk.size(disk.free_bytes(root))} free); removed the partial {partial}; last good "
-                   f"checkpoint: {last.path if last else 'none'}")
-        if self.cfg.run.on_save_error == "continue":
-            print(f"warning: {message}; going on without it (--on_save_error continue)", file=sys.stderr, flush=True)
-            return 0.0
-        raise RunStopped(f"{message}. Free space or point --output_dir elsewhere, then --resume auto "
-                         "(or --on_save_error continue to train on without checkpoints)") from error
-
-    def _write_checkpoint(self, folder: str, step: int) -> None:
-        self.learners.run("save_checkpoint", folder, timeout_s=self.cfg.run.timeout_s,
-                          what=f"checkpoint of step {step}")
-        # Generators hold no state of their own: each generate call seeds its sampler from
-        # (--seed, step, worker), so the data position is all the sampling state there is.
-        state = {"step": step, "policy_version": self.policy_version, "data_position": list(self.data_position),
-                 "evals": {str(k): v for k, v in self.evals.items()},
-                 "eval_cut": {str(k): v for k, v in self.eval_cut.items()},
-                 "eval_tokens": self.cfg.sampling.eval_tokens,
-                 "rollouts_generated": self.rollouts_generated, "rollouts_dropped": self.rollouts_dropped,
-                 "generator_restarts": self.generator_restarts, "prompts_dropped": sorted(self._too_long),
-                 "config": self.cfg.to_dict(),
-                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        with open(os.path.join(folder, checkpoint.TRAINER_STATE), "w") as f:
-            json.dump(state, f, indent=2)
-
-    def _restore(self, found: Checkpoint) -> None:
-        """Load `found` into the learner and the driver; logs of later steps are dropped."""
-        state = found.trainer_state()
-        version = self.learners.run("load_checkpoint", found.path, timeout_s=self.cfg.run.timeout_s,
-                                    what=f"loading checkpoint {found.path}")
-        if version != state["policy_version"]:
-            raise RuntimeError(f"checkpoint {found.path}: learner restored version {version}, the "
-                               f"driver's state says {state['policy_version']}")
-        self.policy_version = self.gen_version = version
-        self._last_version = {}
-        self.start_step = int(state["step"])
-        self.sampler.restore(*state["data_position"])
-        self.data_position = tuple(state["data_position"])
-        if state.get("eval_tokens") == self.cfg.sampling.eval_tokens:
-            self.evals = {int(k): v for k, v in state["evals"].items()}
-            self.eval_cut = {int(k): v for k, v in state["eval_cut"].items()}
-        else:  # another evaluator: its accuracies do not compare with this run's
-            budget = state.get("eval_tokens", "the training budget's")  # older checkpoints: that one
-            print(f"warning: the checkpoint's held-out accuracies were measured with {budget} new tokens, "
-                  f"this run evaluates with {self.cfg.sampling.eval_tokens}: the summary compares this "
-                  "run's evaluations only", file=sys.stderr, flush=True)
-        self.rollouts_generated, self.rollouts_dropped = state["rollouts_generated"], state["rollouts_dropped"]
-        self.generator_restarts = state.get("generator_restarts", 0)
-        self._too_long = set(state.get("prompts_dropped", []))
-        self.log.keep_through(self.start_step)
-        self.samples.keep_through(self.start_step)
-        print(f"resumed from {found.path}: step {self.start_step}, policy version {version}", flush=True)
-
     # -- the loop ---------------------------------------------------------------------
     def _new_batch(self, step: int) -> Batch:
         cfg, indices = self.cfg, []
@@ -402,29 +126,6 @@ class Trainer:
                 self._launch(self._pending[s], "generators")
         if 0 not in self._pending[step].refs:
             self._launch(self._pending[step], "learner")
-
-    def _admit(self, step: int, groups: list[list[Rollout]], made_by: list[int]) -> tuple[list[int], list[int]]:
-        """Which groups the learner may take (policy version within --async_staleness of its
-        own), and the staleness of each rollout taken. A version newer than the learner's, or
-        one going backwards on a worker, is a bug and stops the run."""
-        k, names = self.cfg.run.async_staleness, [name for _, name in self._workers()]
-        keep, staleness = [], []
-        for p, (group, w) in enumerate(zip(groups, made_by)):
-            versions = [r.policy_version for r in group]
-            if max(versions) > self.policy_version or min(versions) < self._last_version.get(w, 0):
-                raise RuntimeError(f"step {step}: {names[w]} sampled with policy version {versions[0]} "
-                                   f"(learner at {self.policy_version}, that worker last at "
-                                   f"{self._last_version.get(w, 0)})")
-            self._last_version[w] = max(versions)
-            if min(versions) >= self.policy_version - k:
-                keep.append(p)
-                staleness += [self.policy_version - v for v in versions]
-            elif k == 0:
-                raise RuntimeError(f"step {step}: {names[w]} sampled with policy version {versions[0]}, "
-                                   f"expected {self.policy_version}: a generator missed a weight sync")
-            else:
-                self.rollouts_dropped += len(group)
-        return keep, staleness
 
     def _collect(self, step: int, batch: Batch) -> Round:
         """Wait for `batch`'s rollouts, keep those fresh enough, and score them."""
@@ -481,25 +182,52 @@ class Trainer:
         return budget > 0 and time.perf_counter() - self.started >= budget
 
     def step(self, step: int) -> dict:
+        """One step, in the README's order: generate, reward, advantages (and reference), learn,
+        publish the weights to the generators; returns the step's metrics."""
         cfg, t0 = self.cfg, time.perf_counter()
         self._launch_ahead(step)
         batch = self._pending.pop(step)
         self.data_position = batch.data_position
         dropped_before = self.rollouts_dropped
-        rnd = self._collect(step, batch)
+        rnd = self._collect(step, batch)  # generate and reward
         sampling_rounds = 1
         if cfg.run.dynamic_sampling:
             rnd, sampling_rounds = self._refill(step, rnd)
-        groups, rows, rewards = rnd.groups, rnd.rows, rnd.rewards
         t_reward = time.perf_counter()
-        for p in range(min(cfg.run.log_samples, len(groups))):  # what the model says, to read
-            self.samples.write({"step": step, "prompt": rows[p]["prompt"], "reward": float(rewards[p, 0]),
-                                "policy_version": groups[p][0].policy_version,
-                                "completion": self.tokenizer.decode(groups[p][0].completion_ids,
-                                                                    skip_special_tokens=True)})
+        self._log_samples(step, rnd)
         rollouts, adv, ref_lp, extra = learning_signal(self.cfg, rnd.groups, rnd.rewards, self.actors.reference)
         self.flat_steps = count_flat_steps(self.flat_steps, extra["frac_zero_std"], step, cfg)
         t_ref = time.perf_counter()
+        train, gaps = self._learn(step, rollouts, adv, ref_lp)
+        t_train = time.perf_counter()
+        self.budget_spent = self._out_of_time()  # decided once: this step is then the last
+        if self._sample_during_sync(step):  # the learner holds the new weights already
+            self._pending[step + 1] = self._new_batch(step + 1)
+            self._launch(self._pending[step + 1], "learner")
+        sync_s = 0.0
+        if self.policy_version != self.gen_version and self.policy_version % cfg.run.weight_sync_every == 0:
+            sync_s = self._sync(self._newest_weights(), self.policy_version, block=cfg.run.pipeline_depth == 0)
+        metrics = {"step": step, **self._metrics(rnd, train, gaps, extra), "gen_s": rnd.gen_s,
+                   "reward_s": rnd.reward_s, "ref_s": t_ref - t_reward, "train_s": t_train - t_ref,
+                   "learner_comm_s": train.get("comm_s", 0.0), "sync_s": sync_s,
+                   "rollouts_dropped": self.rollouts_dropped - dropped_before, "sampling_rounds": sampling_rounds}
+        metrics["step_s"] = time.perf_counter() - t0
+        metrics["samples_per_s"] = metrics["rollouts"] / metrics["step_s"]
+        return metrics
+
+    def _log_samples(self, step: int, rnd: Round) -> None:
+        """What the model says, to read: the first completion of the first --log_samples prompts."""
+        for p in range(min(self.cfg.run.log_samples, len(rnd.groups))):
+            first = rnd.groups[p][0]
+            self.samples.write({"step": step, "prompt": rnd.rows[p]["prompt"], "reward": float(rnd.rewards[p, 0]),
+                                "policy_version": first.policy_version,
+                                "completion": self.tokenizer.decode(first.completion_ids, skip_special_tokens=True)})
+
+    def _learn(self, step: int, rollouts: list[Rollout], adv: list[float],
+               ref_lp: list | None) -> tuple[dict, dict[str, float]]:
+        """The update, and the checks on it: skipped updates, replicas that differ, and each
+        actor's logprob_gap; returns the learner's metrics and the gaps by source."""
+        cfg = self.cfg
         # Weights are packed only for an update a broadcast follows (--weight_sync_every).
         publish = (self.policy_version + 1) % cfg.run.weight_sync_every == 0
         metrics_refs, weights_ref = self.learners.step(rollouts, adv, ref_lp, publish=publish)
@@ -509,7 +237,6 @@ class Trainer:
         check = cfg.run.learner_check_every
         if len(self.learners) > 1 and not cfg.run.fsdp and check and step % check == 0:
             self.learners.check_replicas(cfg.run.timeout_s, step)
-        t_train = time.perf_counter()
         sampled_at, self.policy_version = self.policy_version, int(train["policy_version"])
         if self.policy_version != sampled_at:  # a new version: the published weights, or none yet
             self.weights_ref = weights_ref if publish else None
@@ -518,65 +245,35 @@ class Trainer:
         gaps, by_actor = split_gap(train, [name for _, name in self._workers()])
         self.gap_breaches = count_gap_breach(self.gap_breaches, by_actor, self.gap_limit, cfg.run.max_bad_steps,
                                              step, sampled_at, stop=cfg.run.on_logprob_gap == "stop")
-        self.budget_spent = self._out_of_time()  # decided once: this step is then the last
-        if self._sample_during_sync(step):  # the learner holds the new weights already
-            self._pending[step + 1] = self._new_batch(step + 1)
-            self._launch(self._pending[step + 1], "learner")
-        sync_s = 0.0
-        if self.policy_version != self.gen_version and self.policy_version % cfg.run.weight_sync_every == 0:
-            sync_s = self._sync(self._newest_weights(), self.policy_version, block=cfg.run.pipeline_depth == 0)
-        all_rollouts = [r for g in groups for r in g]
-        completion_tokens = sum(len(r.completion_ids) for r in all_rollouts)
-        staleness = rnd.staleness
-        metrics = {
-            "step": step, "policy_version": self.policy_version,
-            "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
-            "accuracy": float((rewards > 0.5).float().mean()),
-            "loss": train["loss"], "kl": train.get("kl", 0.0), "clip_frac": train["clip_frac"],
-            **gaps, "grad_norm": train["grad_norm"],
-            "skipped_update": train["skipped_update"],
-            "completion_len_mean": completion_tokens / len(all_rollouts),
-            **length_percentiles([len(r.completion_ids) for r in all_rollouts]),
-            "truncated_frac": sum(r.finish_reason == "length" for r in all_rollouts) / len(all_rollouts),
-            "prompt_copy_frac": float(rnd.copies.mean()),
-            "reward_errors": rnd.reward_errors, "reward_timeouts": rnd.reward_timeouts,
-            "gen_s": rnd.gen_s, "reward_s": rnd.reward_s, "ref_s": t_ref - t_reward,
-            "train_s": t_train - t_ref, "learner_comm_s": train.get("comm_s", 0.0), "sync_s": sync_s,
-            "tokens_per_s": rnd.tokens / max(rnd.gen_wait, 1e-9),
-            "staleness_mean": sum(staleness) / len(staleness), "staleness_max": max(staleness),
-            "rollouts": len(all_rollouts), "rollouts_dropped": self.rollouts_dropped - dropped_before,
-            "generator_version": self.gen_version, "generator_restarts": self.generator_restarts,
-            "prompts_dropped": len(self._too_long), "sampling_rounds": sampling_rounds, **extra,
-        }
+        return train, gaps
+
+    def _metrics(self, rnd: Round, train: dict, gaps: dict[str, float], extra: dict) -> dict:
+        """What the step's rollouts, rewards and update say (metrics.jsonl; times are added by step)."""
+        rewards, flat = rnd.rewards, [r for g in rnd.groups for r in g]
+        out = {"policy_version": self.policy_version, "reward_mean": float(rewards.mean()),
+               "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+               "accuracy": float((rewards > 0.5).float().mean()),
+               "loss": train["loss"], "kl": train.get("kl", 0.0), "clip_frac": train["clip_frac"],
+               **gaps, "grad_norm": train["grad_norm"], "skipped_update": train["skipped_update"],
+               "completion_len_mean": sum(len(r.completion_ids) for r in flat) / len(flat),
+               **length_percentiles([len(r.completion_ids) for r in flat]),
+               "truncated_frac": sum(r.finish_reason == "length" for r in flat) / len(flat),
+               "prompt_copy_frac": float(rnd.copies.mean()),
+               "reward_errors": rnd.reward_errors, "reward_timeouts": rnd.reward_timeouts,
+               "tokens_per_s": rnd.tokens / max(rnd.gen_wait, 1e-9),
+               "staleness_mean": sum(rnd.staleness) / len(rnd.staleness), "staleness_max": max(rnd.staleness),
+               "rollouts": len(flat), "generator_version": self.gen_version,
+               "generator_restarts": self.generator_restarts, "prompts_dropped": len(self._too_long), **extra}
         for key in ("importance_weight", "entropy", "grad_offload_mb"):
             if key in train:
-                metrics[key] = train[key]
-        metrics["step_s"] = time.perf_counter() - t0
-        metrics["samples_per_s"] = len(all_rollouts) / metrics["step_s"]
-        return metrics
+                out[key] = train[key]
+        return out
 
     def train(self) -> dict:
+        """Every step from the start (or the restored checkpoint) to --max_steps or the time
+        budget, with evaluations, checkpoints and logs; returns the summary."""
         cfg = self.cfg
-        os.makedirs(self.setup.output_dir, exist_ok=True)
-        with open(os.path.join(self.setup.output_dir, "config.json"), "w") as f:
-            json.dump(cfg.to_dict(), f, indent=2)
-        if self.actors.info:  # which node and process each actor landed on
-            with open(os.path.join(self.setup.output_dir, "actors.json"), "w") as f:
-                json.dump(self.actors.info, f, indent=2)
-        if self.setup.resume is not None:
-            self._restore(self.setup.resume)
-        # Version 0 (or the restored one) goes out too: generators never sample from weights the
-        # learner does not hold.
-        self.weights_ref = self.learners.publish(self.cfg.run.timeout_s)
-        self._sync(self.weights_ref, self.policy_version)
-        evals = self.evals
-        if self.setup.resume is None:
-            first = self.evaluate()
-            evals[0], self.eval_cut[0] = first["eval_accuracy"], first["eval_truncated_frac"]
-            self.log.write({"step": 0, "policy_version": 0, **first})
-            self.dashboard.record({"step": 0, "policy_version": 0, **first})
-            self.extra.record({"step": 0, **first})
-            print(f"step 0/{cfg.run.max_steps} | eval_accuracy {evals[0]:.3f}", flush=True)
+        self._begin()
         history = []
         # A bar with ETA on a terminal; in job logs (not a terminal) only the plain step lines.
         bar = tqdm(total=cfg.run.max_steps, desc="steps", unit="step", disable=not sys.stdout.isatty(),
@@ -588,9 +285,9 @@ class Trainer:
             last = step == cfg.run.max_steps or self.budget_spent
             if last or (cfg.run.eval_every and step % cfg.run.eval_every == 0):
                 metrics.update(self.evaluate())
-                evals[step], self.eval_cut[step] = metrics["eval_accuracy"], metrics["eval_truncated_frac"]
-                if 0 in evals:
-                    self.eval_drops = count_eval_drop(self.eval_drops, evals[step], evals[0], step, cfg)
+                self.evals[step], self.eval_cut[step] = metrics["eval_accuracy"], metrics["eval_truncated_frac"]
+                if 0 in self.evals:
+                    self.eval_drops = count_eval_drop(self.eval_drops, self.evals[step], self.evals[0], step, cfg)
             if last or (cfg.run.save_every and step % cfg.run.save_every == 0):
                 metrics["save_s"] = self.save(step)
             self.log.write(metrics)
@@ -610,6 +307,34 @@ class Trainer:
             if cfg.run.plot_every and step % cfg.run.plot_every == 0:
                 draw_plots(self.setup.output_dir)
         bar.close()
+        return self._finish(history)
+
+    def _begin(self) -> None:
+        """The run's files, the restored checkpoint, the first weights out, step 0's evaluation."""
+        cfg = self.cfg
+        os.makedirs(self.setup.output_dir, exist_ok=True)
+        with open(os.path.join(self.setup.output_dir, "config.json"), "w") as f:
+            json.dump(cfg.to_dict(), f, indent=2)
+        if self.actors.info:  # which node and process each actor landed on
+            with open(os.path.join(self.setup.output_dir, "actors.json"), "w") as f:
+                json.dump(self.actors.info, f, indent=2)
+        if self.setup.resume is not None:
+            self._restore(self.setup.resume)
+        # Version 0 (or the restored one) goes out too: generators never sample from weights the
+        # learner does not hold.
+        self.weights_ref = self.learners.publish(self.cfg.run.timeout_s)
+        self._sync(self.weights_ref, self.policy_version)
+        if self.setup.resume is None:
+            first = self.evaluate()
+            self.evals[0], self.eval_cut[0] = first["eval_accuracy"], first["eval_truncated_frac"]
+            self.log.write({"step": 0, "policy_version": 0, **first})
+            self.dashboard.record({"step": 0, "policy_version": 0, **first})
+            self.extra.record({"step": 0, **first})
+            print(f"step 0/{cfg.run.max_steps} | eval_accuracy {self.evals[0]:.3f}", flush=True)
+
+    def _finish(self, history: list[dict]) -> dict:
+        """The last loads waited for, the plots, the final model, and the summary."""
+        cfg, evals = self.cfg, self.evals
         self._finish_sync()
         draw_plots(self.setup.output_dir)
         final_dir = os.path.join(self.setup.output_dir, "final")
@@ -628,4 +353,3 @@ class Trainer:
                 **gap_summary(history),
                 train_minutes=(time.perf_counter() - self.started) / 60)
         return summary
-

@@ -103,7 +103,7 @@ def test_weights_are_packed_only_for_updates_a_broadcast_follows(make_trainer):
 
 def test_a_restart_seen_by_two_calls_counts_once(make_trainer, monkeypatch):
     """In async mode a generator's death can surface in its generate call and in its weight load."""
-    monkeypatch.setattr("launch.driver.check_tokenizers", lambda tokenizer, info: None)
+    monkeypatch.setattr("launch.fleet.check_tokenizers", lambda tokenizer, info: None)
     trainer = make_trainer()
     for _ in range(2):
         trainer._revive(1, RuntimeError("distrl-generator-0 died"))

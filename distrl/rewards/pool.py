@@ -29,6 +29,16 @@ def _call(spec: str, prompt: str, completion: str, row: dict[str, Any]) -> tuple
         return None, traceback.format_exc()
 
 
+def _leave_stopping_to_the_driver() -> None:
+    """In a new worker: Ctrl-C in a terminal reaches the whole process group, and a job stop
+    signals every child; the driver decides how a run stops (launch/stop.py) and ends this
+    process itself, so a signal must not kill a reward call halfway through the last step."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _warm(specs: list[str]) -> None:
     """In a new worker: import every reward before the first timed call, so a worker's start-up
     (torch via spawn's re-import, sympy for math_verify) never counts against a call's deadline."""
@@ -56,7 +66,8 @@ class RewardPool:
         self._executor = self._start()
 
     def _start(self) -> cf.ProcessPoolExecutor:
-        executor = cf.ProcessPoolExecutor(max_workers=1, mp_context=self._context)
+        executor = cf.ProcessPoolExecutor(max_workers=1, mp_context=self._context,
+                                          initializer=_leave_stopping_to_the_driver)
         executor.submit(_warm, [spec for spec, _ in self.specs]).result(timeout=max(120.0, self.timeout_s))
         return executor
 

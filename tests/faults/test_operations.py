@@ -73,9 +73,11 @@ def test_a_second_signal_stops_at_once_naming_the_last_checkpoint(tiny_model_dir
     run = Run(run_args(tiny_model_dir, tmp_path, "run", "--max_steps", "5", "--save_every", "1"),
               gate=tmp_path / "gate", gate_step=3)
     run.wait_at_gate()  # step 2 is checkpointed; step 3 is held at its rewards and never released
-    os.kill(run.proc.pid, signal.SIGINT)
+    # Ctrl-C in a terminal: SIGINT to the whole process group (the reward process included).
+    os.killpg(run.proc.pid, signal.SIGINT)
     time.sleep(2.0)
-    os.kill(run.proc.pid, signal.SIGINT)
+    assert run.proc.poll() is None  # the first one only asks for a clean stop
+    os.killpg(run.proc.pid, signal.SIGINT)
     code, out, err = run.finish(timeout=120)
     ckpt = tmp_path / "run" / "checkpoints" / "step-000002"
     assert code == 130, err[-3000:]

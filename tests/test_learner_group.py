@@ -185,7 +185,7 @@ def test_a_group_resumed_from_its_checkpoint_steps_bit_for_bit_like_the_one_that
         return {s: _flat_state(load_state(str(folder), s)) for s in shards}
 
     went_on = _group(tiny_model_dir, cfg, algo, 2, fsdp)
-    weights = ray.get(went_on.handles[0].publish.remote())
+    weights = ray.get(went_on.publish(120))  # every rank takes part (FSDP gathers)
     for s in range(2):
         weights = step(went_on, *batch(weights, s))
     save(went_on, "step2")

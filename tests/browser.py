@@ -86,7 +86,9 @@ class Browser:
             if all(n in text for n in needles):
                 return text
             if time.time() > deadline:
-                raise AssertionError(f"page never showed {needles}; it shows:\n{text[-2000:]}")
+                shot = tempfile.mktemp(prefix="distrl-page-", suffix=".png")
+                self.screenshot(shot)
+                raise AssertionError(f"page never showed {needles} (screenshot: {shot}); it shows:\n{text[-2000:]}")
             time.sleep(1.0)
 
     def type_text(self, text: str) -> None:

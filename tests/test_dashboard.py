@@ -50,7 +50,10 @@ def test_the_dashboard_shows_the_actors_and_the_step_lines_in_a_browser(head, ti
         browser.screenshot(os.path.join(out, "dashboard-token.png"))
         browser.evaluate("document.querySelector('input[type=password]').focus()")
         browser.type_text(token)
-        browser.evaluate("[...document.querySelectorAll('button')].find(b => b.innerText.trim() === 'Submit').click()")
+        clicked = browser.evaluate("(() => { const b = [...document.querySelectorAll('button')].find("
+                                   "b => b.textContent.trim().toLowerCase() === 'submit'); "
+                                   "if (b) setTimeout(() => b.click(), 100); return !!b; })()")  # it reloads the page
+        assert clicked, "no Submit button in the token dialog"
         text = browser.wait_for_text("distrl-learner", "distrl-generator-0", "distrl-generator-1", "ALIVE")
         assert "Authentication Token Required" not in text
         time.sleep(2)  # let the table settle before the picture
@@ -61,6 +64,9 @@ def test_the_dashboard_shows_the_actors_and_the_step_lines_in_a_browser(head, ti
         while not re.search(r"step \d+/500 \| reward", browser.text()):  # the Driver log tab
             assert time.time() < deadline, browser.text()[-2000:]
             time.sleep(1)
+        # A taller page, so the picture reaches the Logs section under the job's details.
+        browser.call("Emulation.setDeviceMetricsOverride", width=1400, height=1500, deviceScaleFactor=1, mobile=False)
+        time.sleep(2)
         browser.screenshot(os.path.join(out, "dashboard-job-logs.png"))
     finally:
         if browser is not None:

@@ -274,3 +274,33 @@ def test_a_bf16_sync_that_loads_nothing_stops_at_the_generator(tiny_model_dir_vl
         assert generator.load_weights([ray_local.put(weights)]) == 1  # the real load passes the check
     finally:
         generator.backend.close()
+
+
+def test_loaded_versions_leave_the_object_store_once_released(smollm, ray_local, engine):
+    """The engine's workers fetch each version by its ref: once loaded and released by the
+    driver, a version must go (it leaked 5.1 GB over 10 fp32 versions of SmolLM2 before the
+    ref pickled for the workers was released)."""
+    import gc
+    import time
+
+    from distrl.weights import pack
+    from launch.metrics import object_store_bytes_used
+    from learners.learner_actor import LearnerActor
+
+    vllm = engine(smollm)
+    weights = LearnerActor(smollm, ModelConfig(dtype="float32"), AlgoConfig(), temperature=1.0,
+                           torch_threads=2).params
+    ref = ray_local.put(pack(weights, 0))
+    vllm.load_weights(ray_local.get(ref), ref)
+    del ref
+    gc.collect()
+    time.sleep(2)
+    before = object_store_bytes_used()
+    for version in range(1, 4):
+        ref = ray_local.put(pack(weights, version))
+        assert vllm.load_weights(ray_local.get(ref), ref) == version
+        del ref
+    gc.collect()
+    time.sleep(2)
+    growth_mb = (object_store_bytes_used() - before) / 2**20
+    assert growth_mb < 100, f"the object store kept {growth_mb:.0f} MB of 3 released ~540 MB versions"

@@ -197,12 +197,16 @@ class VLLMBackend:
         if self.lora:
             version = self._load_adapter(packed)
         else:
-            from distrl.generation.vllm_engine import encode_ref
+            from distrl.generation.vllm_engine import encode_ref, release_encoded
 
             version = packed.policy_version
-            self.llm.start_weight_update()
-            self.llm.update_weights({"update_info": {"ref": encode_ref(ref), "policy_version": version}})
-            self.llm.finish_weight_update(weight_version=str(version))
+            text = encode_ref(ref)
+            try:
+                self.llm.start_weight_update()
+                self.llm.update_weights({"update_info": {"ref": text, "policy_version": version}})
+                self.llm.finish_weight_update(weight_version=str(version))
+            finally:  # the workers have fetched and loaded it: the version may go once replaced
+                release_encoded(ref)
             if self.llm.get_weight_version() != str(version):
                 raise RuntimeError(f"vLLM reports weight version {self.llm.get_weight_version()}, "
                                    f"expected {version}")

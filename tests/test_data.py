@@ -6,6 +6,7 @@ import pytest
 
 from distrl.config import ConfigError, DataConfig
 from distrl.data import PromptSampler, load_splits
+from distrl.data.datasets import FILE_ROW
 from distrl.data.tasks import FAMILIES, TUNING_FAMILIES, task_splits
 from distrl.data.prompts import encode_prompt
 from distrl.rewards.answers import numeric_reward
@@ -76,7 +77,8 @@ def test_local_jsonl_with_custom_fields_and_seeded_eval_fraction(tmp_path):
     cfg = DataConfig(dataset=spec, prompt_field="question", answer_field="solution", eval_fraction=0.25)
     train, held = load_splits(cfg, seed=1)
     assert len(train) == 30 and len(held) == 10
-    assert set(train[0]) == {"prompt", "answer", "level"}
+    assert set(train[0]) == {"prompt", "answer", "level", FILE_ROW}  # FILE_ROW never reaches a reward
+    assert all(r["prompt"] == f"q{r[FILE_ROW] - 1}" for r in train + held)  # the file's own 1-based row
     assert {r["prompt"] for r in train}.isdisjoint({r["prompt"] for r in held})
     assert load_splits(cfg, seed=1) == (train, held)
     assert load_splits(cfg, seed=2)[1] != held

@@ -15,6 +15,12 @@ from distrl.rewards.answers import repeats_prompt
 from distrl.rewards.pool import RewardPool, RewardStats
 
 
+def _columns(flat_rows: list[dict]) -> dict[str, list]:
+    """What a reward function gets besides prompt and completion: every other column of the
+    rows, one value per completion (not the file row number distrl keeps for its errors)."""
+    return {k: [row[k] for row in flat_rows] for k in flat_rows[0] if k not in ("prompt", FILE_ROW)}
+
+
 class Scoring:
     """Training rewards and the held-out evaluation."""
 
@@ -40,7 +46,7 @@ class Scoring:
         completions = [self.tokenizer.decode(r.completion_ids, skip_special_tokens=True)
                        for g in groups for r in g]
         prompts = [row["prompt"] for row in flat_rows]
-        columns = {k: [row[k] for row in flat_rows] for k in flat_rows[0] if k not in ("prompt", FILE_ROW)}
+        columns = _columns(flat_rows)
         scores, stats = self._score(self.rewards, prompts, completions, columns)
         copies = [float(repeats_prompt(p, c)) for p, c in zip(prompts, completions)]
         return torch.tensor(scores).view(len(groups), -1), stats, torch.tensor(copies).view(len(groups), -1)
@@ -76,7 +82,7 @@ class Scoring:
         groups = self._generate(prompts, sampling, learner_share=share)
         flat_rows = [row for row, g in zip(rows, groups) for _ in g]
         completions = [self.tokenizer.decode(r.completion_ids, skip_special_tokens=True) for g in groups for r in g]
-        columns = {k: [row[k] for row in flat_rows] for k in rows[0] if k not in ("prompt", FILE_ROW)}
+        columns = _columns(flat_rows)
         scores, stats = self._score(self.eval_reward, [r["prompt"] for r in flat_rows], completions, columns)
         if stats.errors or stats.timeouts:
             print(f"warning: evaluation scored {stats.errors} reward errors and {stats.timeouts} "

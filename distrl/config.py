@@ -94,7 +94,8 @@ class DataConfig:
                          "equals the answer, else 0; chosen on validation data: README, 'Does it "
                          "learn?'), 'numeric_close' (1 when equal, else partial credit below 0.5 that "
                          "shrinks with the distance: for tasks where exact answers never come), "
-                         "'math_verify' (math-verify equivalence), or 'module:function'.")
+                         "'numeric_digits' (1 when equal, else credit below 0.5 for the answer's "
+                         "trailing digits that match), 'math_verify' (math-verify equivalence), or 'module:function'.")
     format_reward_weight: float = _field(0.0, "Weight of an extra format reward (the completion "
                                          "ends with its answer); 0 = off.")
     reward_timeout_s: float = _field(10.0, "Deadline for one reward call (one completion); a call "

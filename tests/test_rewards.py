@@ -38,6 +38,32 @@ def test_numeric_close_pays_nothing_for_restating_the_prompt():
     assert f(["What is 86-19?"], ["19"], answer=["67"]) == [0.0]  # "86-19" holds 19, not only -19
 
 
+def test_numeric_digits_pays_for_computed_trailing_digits_not_for_copying_or_size():
+    f = load_reward("numeric_digits")
+    prompt = "What is 6279 + 1018? Answer with just the number."
+    got = f([prompt] * 7, ["7297", "= 7397", "so 1297", "7290", "1018", "6279 + 1018 = 6279", "no number"],
+            answer=["7297"] * 7)
+    assert got[0] == 1.0  # exact
+    assert got[1] == 0.5 * 2 / 4 and got[2] == 0.5 * 3 / 4  # units, tens (and hundreds) computed right
+    assert got[3] == 0.0  # as near as a guess gets (numeric_close pays it ~0.45), but its units digit is wrong
+    assert got[4:] == [0.0, 0.0, 0.0]  # restating the prompt's numbers, or no number at all
+    assert f(["What is 12 - 40?"], ["28"], answer=["-28"]) == [0.0]  # the sign is part of the answer
+    assert f([""], ["2.5"], answer=["1.5"]) == [0.0]  # no digit credit for non-integers
+    assert max(f([""] * 2, ["997", "9297"], answer=["7297"] * 2)) < 0.5  # never counted as correct
+
+
+def test_numeric_digits_pays_a_guess_of_the_right_size_only_chance():
+    """A bare guess of the answer's size is what partial credit by distance paid for, and what
+    taught the model to stop working out its sums. Here every 4-digit guess together earns what
+    a random units digit earns: a tenth of the first digit's credit, and a little more."""
+    f = load_reward("numeric_digits")
+    guesses = [str(n) for n in range(1000, 10000)]
+    mean = sum(f([""] * len(guesses), guesses, answer=["7297"] * len(guesses))) / len(guesses)
+    assert mean < 1.2 * 0.1 * 0.5 / 4
+    close = load_reward("numeric_close")
+    assert sum(close([""] * len(guesses), guesses, answer=["7297"] * len(guesses))) / len(guesses) > 10 * mean
+
+
 def test_repeats_prompt_flags_a_restated_question_not_an_answer():
     from distrl.rewards.answers import repeats_prompt
 

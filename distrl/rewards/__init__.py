@@ -11,13 +11,15 @@ import importlib
 import math
 from typing import Any, Callable, Sequence
 
-from distrl.rewards.answers import format_reward, math_verify_reward, numeric_close_reward, numeric_reward
+from distrl.rewards.answers import (format_reward, math_verify_reward, numeric_close_reward, numeric_digits_reward,
+                                    numeric_reward)
 
 RewardFn = Callable[..., list[float]]
 
 REWARDS: dict[str, RewardFn] = {
     "numeric": numeric_reward,
     "numeric_close": numeric_close_reward,
+    "numeric_digits": numeric_digits_reward,
     "math_verify": math_verify_reward,
     "format": format_reward,
 }

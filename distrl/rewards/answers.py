@@ -70,6 +70,44 @@ def numeric_close_reward(prompts: Sequence[str], completions: Sequence[str], ans
     return out
 
 
+def _trailing_digits_matched(got: float, ref: float) -> float:
+    """The share of the reference's digits that the answer gets right, counted from the units
+    digit up and stopping at the first wrong one (0 when the signs differ)."""
+    if (got < 0) != (ref < 0):
+        return 0.0
+    g, r = str(abs(int(got))), str(abs(int(ref)))
+    k = 0
+    while k < min(len(g), len(r)) and g[-1 - k] == r[-1 - k]:
+        k += 1
+    return k / len(r)
+
+
+def numeric_digits_reward(prompts: Sequence[str], completions: Sequence[str], answer: Sequence[Any],
+                          **_: Any) -> list[float]:
+    """1.0 for the exact number; otherwise `0.5 * k / n` where the answer's last k digits match
+    the last k of the reference's n (units first, stopping at the first wrong digit), and 0
+    without a number, for a number the prompt contains, or for a non-integer reference.
+
+    Dense credit that has to be computed: the units digit of 6279 + 1018 is (9 + 8) mod 10, the
+    tens digit needs the carry, and so on up. A number copied from the prompt earns nothing, and a
+    guess earns only chance: its units digit is right one time in ten, however close its size (a
+    guess of the right size was what `numeric_close` paid for). Only exact answers exceed 0.5,
+    so `accuracy` and held-out evaluation still count exact answers only."""
+    out = []
+    for prompt, completion, ref in zip(prompts, completions, answer):
+        got = extract_answer(completion)
+        got_f, ref_f = (_as_float(got) if got else None), _as_float(str(ref))
+        if got_f is None or ref_f is None:
+            out.append(0.0)
+        elif abs(got_f - ref_f) <= 1e-6 * max(1.0, abs(ref_f)):
+            out.append(1.0)
+        elif abs(got_f) in _numbers_in(prompt) or not (ref_f.is_integer() and got_f.is_integer()):
+            out.append(0.0)
+        else:
+            out.append(0.5 * _trailing_digits_matched(got_f, ref_f))
+    return out
+
+
 _WORD = re.compile(r"\w+")
 
 

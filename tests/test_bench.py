@@ -88,6 +88,12 @@ def test_learning_bench_trains_both_systems_scores_them_once_and_reuses_stored_r
     assert not (tmp_path / "out").exists()  # nothing trained the second time
 
 
+def test_reward_signal_counts_groups_with_signal_per_reward_on_a_tiny_model(tiny_model_dir):
+    line = last_line("bench/reward_signal.py", "--model", tiny_model_dir, "--families", "arithmetic",
+                     "--prompts", "2", "--group", "2", "--max_new_tokens", "4")
+    assert re.fullmatch(r"groups with signal: numeric_digits [0-2], numeric [0-2]", line), line
+
+
 def test_learner_memory_measures_full_and_4bit_lora_on_a_tiny_model(tiny_model_dir):
     line = last_line("bench/learner_memory.py", "--model", tiny_model_dir,
                      "--configs", "full + AdamW;4-bit LoRA r=16, grad checkpointing")

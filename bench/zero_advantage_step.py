@@ -1,11 +1,19 @@
-"""Learner step time when every advantage is 0 (no gradient to take) vs a normal step.
+"""Learner step time when every advantage is 0 (no gradient to take), when one group in eight
+has signal, and when every group has.
 
 Early in a run on a hard task most groups score all-equal rewards, so every advantage is 0.
-With no KL term such a step has exactly zero gradient; the learner then runs its forward without
-autograd (still measuring logprob_gap) instead of a full forward + backward. This runs both on
-the same rollouts of the embedded SmolLM2-135M, side by side, and prints the ratio last.
+With no KL term such a row has exactly zero gradient; the learner runs micro-batches of such rows
+without autograd (still measuring logprob_gap) instead of a full forward + backward, and keeps
+them apart from rows with a gradient. This runs the embedded SmolLM2-135M's learner (the default
+flags: bf16 on a CPU with AMX, micro-batches of 32) on the same rollouts of a default step (8
+prompts x 8 samples, 48 tokens), side by side: all advantages 0; one group with signal, planned
+as now (its rows in micro-batches of their own) and as before (micro-batches by length only, so
+its rows share them with rows without signal, and every micro-batch runs a backward); every group
+with signal. Medians of `--repeats`; the ratio of the one-group cases last.
 
-    python bench/zero_advantage_step.py [--rows 16] [--repeats 3]
+    python bench/zero_advantage_step.py [--groups 8] [--group 8] [--repeats 3]
+
+Last line: `one group with signal: by length / apart = X.XX`.
 """
 
 from __future__ import annotations
@@ -30,29 +38,44 @@ from learners.learner_actor import LearnerActor  # noqa: E402
 
 
 def main() -> None:
+    import learners.learner_actor as la
+    from distrl.batch import plan_microbatches
+
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, default=16)
+    ap.add_argument("--groups", type=int, default=8)
+    ap.add_argument("--group", type=int, default=8)
+    ap.add_argument("--max_new_tokens", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--model", default="smollm2-135m-instruct")
     args = ap.parse_args()
-    path = resolve_model("smollm2-135m-instruct")
-    learner = LearnerActor(path, ModelConfig(), AlgoConfig(lr=1e-12), temperature=1.0)
-    rows = load_splits(DataConfig(), seed=0)[0][: args.rows // 4]
+    learner = LearnerActor(resolve_model(args.model), ModelConfig(), AlgoConfig(lr=1e-12), temperature=1.0)
+    rows = load_splits(DataConfig(), seed=0)[0][: args.groups]
     prompts = [encode_prompt(learner.tokenizer, r["prompt"]) for r in rows]
-    groups = learner.generate(prompts, SamplingParams(n=4, max_new_tokens=32, seed=0))
+    groups = learner.generate(prompts, SamplingParams(n=args.group, max_new_tokens=args.max_new_tokens, seed=0))
     rollouts = [r for g in groups for r in g]
     tokens = sum(len(r.prompt_ids) + len(r.completion_ids) for r in rollouts)
-    timings: dict[str, list[float]] = {"zero": [], "normal": []}
+    signal = [(1.0 if i % 2 else -1.0) for i in range(args.group)]  # lr 1e-12: the weights barely move
+    one = signal + [0.0] * (len(rollouts) - args.group)
+    cases = {"all zero": ([0.0] * len(rollouts), False), "one group, apart": (one, False),
+             "one group, by length": (one, True), "all groups": (signal * args.groups, False)}
+    timings: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(args.repeats):
-        for name, adv in (("zero", 0.0), ("normal", 1e-9)):
-            for r in rollouts:  # keep versions in step with the learner (lr 1e-12: weights barely move)
+        for name, (adv, by_length) in cases.items():
+            la.plan_microbatches = ((lambda lengths, rows, tokens, needs_grad: plan_microbatches(lengths, rows, tokens))
+                                    if by_length else plan_microbatches)
+            for r in rollouts:  # keep versions in step with the learner
                 r.policy_version = learner.policy_version
             start = time.perf_counter()
-            learner.step(rollouts, [adv] * len(rollouts))
+            learner.step(rollouts, adv)
             timings[name].append(time.perf_counter() - start)
-    zero, normal = statistics.median(timings["zero"]), statistics.median(timings["normal"])
-    print(f"rows {len(rollouts)}, tokens {tokens}, threads {torch.get_num_threads()}")
-    print(f"all-zero-advantage step: {zero:.2f} s   normal step: {normal:.2f} s  (medians of {args.repeats})")
-    print(f"normal/zero = {normal / zero:.2f}")
+    la.plan_microbatches = plan_microbatches
+    med = {name: statistics.median(t) for name, t in timings.items()}
+    print(f"rows {len(rollouts)} ({args.groups} groups of {args.group}), tokens {tokens}, "
+          f"threads {torch.get_num_threads()}, {next(iter(learner.params.values())).dtype}")
+    for name, t in med.items():
+        print(f"{name:<22} {t:6.2f} s  (median of {args.repeats})")
+    print(f"normal/zero = {med['all groups'] / med['all zero']:.2f}")
+    print(f"one group with signal: by length / apart = {med['one group, by length'] / med['one group, apart']:.2f}")
 
 
 if __name__ == "__main__":

@@ -61,10 +61,19 @@ def microbatch_limits(rows: int, tokens: int, low_precision_cpu: bool) -> tuple[
     return (32, tokens or 2048) if low_precision_cpu else (8, tokens)
 
 
-def plan_microbatches(lengths: Sequence[int], max_rows: int, max_tokens: int = 0) -> list[list[int]]:
+def plan_microbatches(lengths: Sequence[int], max_rows: int, max_tokens: int = 0,
+                      needs_grad: Sequence[bool] | None = None) -> list[list[int]]:
     """Group row indices into micro-batches, shortest rows first, so rows of similar length share
     one (less padding). Each holds at most `max_rows` rows and, with `max_tokens > 0`, at most
-    `max_tokens` padded tokens (rows x longest row); a row longer than the budget goes alone."""
+    `max_tokens` padded tokens (rows x longest row); a row longer than the budget goes alone.
+
+    With `needs_grad` (one flag per row), rows with a gradient and rows without never share a
+    micro-batch, the former planned first: a micro-batch of rows without one runs no backward,
+    so a step where one group in eight has signal pays a backward for those rows only."""
+    if needs_grad is not None:
+        split = [[i for i in range(len(lengths)) if bool(needs_grad[i]) == want] for want in (True, False)]
+        return [[part[j] for j in plan] for part in split
+                for plan in plan_microbatches([lengths[i] for i in part], max_rows, max_tokens)]
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     plans: list[list[int]] = []
     current: list[int] = []

@@ -148,7 +148,8 @@ class LearnerActor:
         totals: dict[str, float] = {}
         lengths = [len(r.prompt_ids) + len(r.completion_ids) for r in rollouts]
         plans = plan_microbatches(lengths, *microbatch_limits(self.algo.micro_batch_size,
-                                                              self.algo.max_tokens_per_microbatch, self.kernels is not None))
+                                                              self.algo.max_tokens_per_microbatch, self.kernels is not None),
+                                  needs_grad=None if self._grad_always() else [a != 0.0 for a in advantages])
         if self.fsdp:
             plans += [[]] * (parallel.max_over_ranks(len(plans), self.device) - len(plans))
         with self.kernels.active() if self.kernels else contextlib.nullcontext():
@@ -186,6 +187,12 @@ class LearnerActor:
                       comm_s=comm_s if self.world_size > 1 else 0.0)
         return totals, self.publish() if publish else None
 
+    def _grad_always(self) -> bool:
+        """Whether rows with advantage 0 have a gradient too: a KL or entropy term in the loss, or
+        FSDP, whose every forward and backward is a collective."""
+        kl_in_loss = self.algo.beta > 0 and not self.algo.kl_in_reward and self.ref_mode != "none"
+        return kl_in_loss or self.algo.entropy_coef > 0 or self.fsdp
+
     def _accumulate(self, rollouts: list[Rollout], advantages: list[float],
                     ref_logprobs: list[list[float]] | None, num_tokens: float,
                     num_seqs: int, weight: float = 1.0) -> dict[str, float]:
@@ -196,8 +203,7 @@ class LearnerActor:
         # Rows with advantage 0 and no KL term have exactly zero gradient: when a whole
         # micro-batch is such rows, a forward without autograd still gives logprob_gap at about
         # a third of the cost (frequent early on, when most groups score all 0).
-        kl_in_loss = self.algo.beta > 0 and not self.algo.kl_in_reward and self.ref_mode != "none"
-        needs_grad = any(a != 0.0 for a in advantages) or kl_in_loss or self.algo.entropy_coef > 0 or self.fsdp
+        needs_grad = any(a != 0.0 for a in advantages) or self._grad_always()
         entropy = None
         with torch.set_grad_enabled(needs_grad):
             logprobs = completion_logprobs(self.model, batch, self.temperature, self.algo.logprob_chunk_size,

@@ -41,6 +41,14 @@ def test_microbatch_plan_respects_rows_and_token_budget():
     assert plan_microbatches(lengths, max_rows=4) == [[5, 0, 2, 7], [3, 4, 1, 6]]
 
 
+def test_microbatch_plan_keeps_rows_without_gradient_apart():
+    lengths = [5, 30, 7, 12, 12, 3, 50, 9]
+    grad = [False, True, False, False, True, False, False, False]
+    plans = plan_microbatches(lengths, max_rows=4, needs_grad=grad)
+    assert sorted(i for p in plans for i in p) == list(range(len(lengths)))  # each row exactly once
+    assert plans == [[4, 1], [5, 0, 2, 7], [3, 6]]  # rows with a gradient first, never mixed
+
+
 @pytest.mark.parametrize("chunk", [1, 3, 64])
 def test_chunked_logprobs_match_the_plain_path(tiny_model_dir, chunk):
     model = load_policy(tiny_model_dir, ModelConfig(dtype="float32"), torch.device("cpu"))

@@ -27,7 +27,8 @@ def last_line(script: str, *args: str, timeout: float = 600) -> str:
     ("bench/logprob_gap.py", ["--prompts", "2", "--n", "2", "--max_new_tokens", "4", "--backends", "vllm"],
      r"bf16/fp32 median logprob_gap \(vllm, full\) = \d+\.\d\d"),
     ("bench/cpu_adam.py", ["--steps", "1"], r"cpu_adamw/fused = \d+\.\d\d"),
-    ("bench/zero_advantage_step.py", ["--rows", "4", "--repeats", "1"], r"normal/zero = \d+\.\d\d"),
+    ("bench/zero_advantage_step.py", ["--groups", "2", "--group", "2", "--max_new_tokens", "4", "--repeats", "1"],
+     r"one group with signal: by length / apart = \d+\.\d\d"),
     ("bench/gpu_learner.py", ["--tiny"], r"peak adamw/cpu_adamw\+offload = \S+"),
 ])
 def test_bench_smallest_setting_prints_its_last_line(script, args, pattern):

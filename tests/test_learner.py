@@ -86,6 +86,34 @@ def test_all_zero_advantages_change_nothing_but_still_measure_the_gap(tiny_model
     assert all(torch.equal(before[n], p) for n, p in learner_actor.params.items())
 
 
+def test_backward_runs_only_on_the_rows_with_signal_and_the_update_is_unchanged(tiny_model_dir, monkeypatch):
+    """One group of two with signal: its rows get a micro-batch of their own with a backward, the
+    other group's a forward without autograd; the weights end as with the two groups mixed."""
+    import learners.learner_actor as la
+    from distrl.batch import plan_microbatches
+
+    traced = []
+    plain = la.completion_logprobs
+    monkeypatch.setattr(la, "completion_logprobs", lambda model, batch, *a, **k: traced.append(
+        (batch.input_ids.shape[0], torch.is_grad_enabled())) or plain(model, batch, *a, **k))
+    weights = []
+    for mixed in (False, True):
+        if mixed:  # the plan before rows were kept apart: by length only
+            monkeypatch.setattr(la, "plan_microbatches", lambda lengths, rows, tokens, needs_grad:
+                                plan_microbatches(lengths, rows, tokens))
+        torch.manual_seed(0)
+        learner_actor, generator = _pair(tiny_model_dir, lr=3e-2)
+        rollouts, _ = _rollouts(generator, learner_actor, seed=0)
+        adv = [0.0] * 4 + [1.0, -1.0, 0.5, -0.5]
+        traced.clear()
+        learner_actor.step(rollouts, adv)
+        if not mixed:
+            assert sorted(traced) == [(4, False), (4, True)]
+        weights.append({n: p.detach().clone() for n, p in learner_actor.params.items()})
+    for name, p in weights[0].items():
+        torch.testing.assert_close(p, weights[1][name], rtol=0, atol=1e-5)  # Adam moves each by ~lr = 3e-2
+
+
 def test_learner_refuses_rollouts_from_another_version(tiny_model_dir):
     learner_actor, generator = _pair(tiny_model_dir)
     rollouts, adv = _rollouts(generator, learner_actor, seed=0)

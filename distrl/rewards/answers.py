@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
@@ -53,20 +53,26 @@ def numeric_close_reward(prompts: Sequence[str], completions: Sequence[str], ans
     taken from the prompt is often nearer the answer than a wrong sum, and paying for it taught a
     model to restate the question and stop. Only exact answers exceed 0.5, so `accuracy`
     (reward > 0.5) and held-out evaluation still count exact answers only."""
+    return _partial_credit(prompts, completions, answer,
+                           lambda got, ref: 0.5 / (1.0 + abs(got - ref) / max(1.0, abs(ref) / 10)))
+
+
+def _partial_credit(prompts: Sequence[str], completions: Sequence[str], answer: Sequence[Any],
+                    credit: Callable[[float, float], float]) -> list[float]:
+    """1.0 for the exact number; 0 without a number or for a number the prompt contains (copying
+    earns nothing); else `credit(got, ref)`, which must stay below 0.5."""
     out = []
     for prompt, completion, ref in zip(prompts, completions, answer):
         got = extract_answer(completion)
         got_f, ref_f = (_as_float(got) if got else None), _as_float(str(ref))
         if got_f is None or ref_f is None:
             out.append(0.0)
-            continue
-        err = abs(got_f - ref_f)
-        if err <= 1e-6 * max(1.0, abs(ref_f)):
+        elif abs(got_f - ref_f) <= 1e-6 * max(1.0, abs(ref_f)):
             out.append(1.0)
         elif abs(got_f) in _numbers_in(prompt):
             out.append(0.0)
         else:
-            out.append(0.5 / (1.0 + err / max(1.0, abs(ref_f) / 10)))
+            out.append(credit(got_f, ref_f))
     return out
 
 
@@ -93,19 +99,8 @@ def numeric_digits_reward(prompts: Sequence[str], completions: Sequence[str], an
     guess earns only chance: its units digit is right one time in ten, however close its size (a
     guess of the right size was what `numeric_close` paid for). Only exact answers exceed 0.5,
     so `accuracy` and held-out evaluation still count exact answers only."""
-    out = []
-    for prompt, completion, ref in zip(prompts, completions, answer):
-        got = extract_answer(completion)
-        got_f, ref_f = (_as_float(got) if got else None), _as_float(str(ref))
-        if got_f is None or ref_f is None:
-            out.append(0.0)
-        elif abs(got_f - ref_f) <= 1e-6 * max(1.0, abs(ref_f)):
-            out.append(1.0)
-        elif abs(got_f) in _numbers_in(prompt) or not (ref_f.is_integer() and got_f.is_integer()):
-            out.append(0.0)
-        else:
-            out.append(0.5 * _trailing_digits_matched(got_f, ref_f))
-    return out
+    return _partial_credit(prompts, completions, answer, lambda got, ref: 0.5 * _trailing_digits_matched(got, ref)
+                           if ref.is_integer() and got.is_integer() else 0.0)
 
 
 _WORD = re.compile(r"\w+")

@@ -22,18 +22,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def sample(model_name: str, family: str, prompts: int, group: int, tokens: int) -> list[dict]:
+def sample(model, tok, family: str, prompts: int, group: int, tokens: int) -> list[dict]:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from distrl.data.prompts import encode_prompt
     from distrl.data.tasks import task_splits
-    from distrl.models import resolve_model
 
     torch.manual_seed(0)
-    path = resolve_model(model_name)
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     out = []
     for row in random.Random(0).sample(task_splits(family)["train"], prompts):
@@ -46,7 +41,11 @@ def sample(model_name: str, family: str, prompts: int, group: int, tokens: int) 
 
 
 def main() -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from distrl.config import DEFAULT_MODEL
+    from distrl.models import resolve_model
     from distrl.rewards import load_reward
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -58,9 +57,12 @@ def main() -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL)
     opts = parser.parse_args()
     rewards = opts.rewards.split(",")
+    path = resolve_model(opts.model)
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
     with_signal = dict.fromkeys(rewards, 0)
     for family in opts.families.split(","):
-        groups = sample(opts.model, family, opts.prompts, opts.group, opts.max_new_tokens)
+        groups = sample(model, tok, family, opts.prompts, opts.group, opts.max_new_tokens)
         for name in rewards:
             fn, scores, signal = load_reward(name), [], 0
             for g in groups:

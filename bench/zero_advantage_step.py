@@ -68,7 +68,6 @@ def main() -> None:
             start = time.perf_counter()
             learner.step(rollouts, adv)
             timings[name].append(time.perf_counter() - start)
-    la.plan_microbatches = plan_microbatches
     med = {name: statistics.median(t) for name, t in timings.items()}
     print(f"rows {len(rollouts)} ({args.groups} groups of {args.group}), tokens {tokens}, "
           f"threads {torch.get_num_threads()}, {next(iter(learner.params.values())).dtype}")

@@ -78,8 +78,9 @@ def _partial_credit(prompts: Sequence[str], completions: Sequence[str], answer: 
 
 def _trailing_digits_matched(got: float, ref: float) -> float:
     """The share of the reference's digits that the answer gets right, counted from the units
-    digit up and stopping at the first wrong one (0 when the signs differ)."""
-    if (got < 0) != (ref < 0):
+    digit up and stopping at the first wrong one (0 when the signs differ or either is not an
+    integer)."""
+    if (got < 0) != (ref < 0) or not (got.is_integer() and ref.is_integer()):
         return 0.0
     g, r = str(abs(int(got))), str(abs(int(ref)))
     k = 0
@@ -99,8 +100,7 @@ def numeric_digits_reward(prompts: Sequence[str], completions: Sequence[str], an
     guess earns only chance: its units digit is right one time in ten, however close its size (a
     guess of the right size was what `numeric_close` paid for). Only exact answers exceed 0.5,
     so `accuracy` and held-out evaluation still count exact answers only."""
-    return _partial_credit(prompts, completions, answer, lambda got, ref: 0.5 * _trailing_digits_matched(got, ref)
-                           if ref.is_integer() and got.is_integer() else 0.0)
+    return _partial_credit(prompts, completions, answer, lambda got, ref: 0.5 * _trailing_digits_matched(got, ref))
 
 
 _WORD = re.compile(r"\w+")

@@ -4,10 +4,11 @@ on training prompts of each family, score every group with each reward, and coun
 whose rewards are not all equal (GRPO's advantage is 0 for the others).
 
     python bench/reward_signal.py [--families big_numbers,arithmetic,word] [--prompts 24]
-        [--group 8] [--rewards numeric,numeric_close,numeric_digits]
+        [--group 8] [--rewards numeric,numeric_close,numeric_digits] [--temperatures 1.0]
 
-One line per family and reward: mean reward, groups with signal, exact answers. The last line
-compares the last reward with the first on the groups with signal, summed over families.
+One line per family, temperature and reward: mean reward, groups with signal, exact answers.
+With one temperature the last line compares the last reward with the first on the groups with
+signal, summed over families; with several it compares the temperatures under the first reward.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def sample(model, tok, family: str, prompts: int, group: int, tokens: int) -> list[dict]:
+def sample(model, tok, family: str, prompts: int, group: int, tokens: int, temperature: float) -> list[dict]:
     import torch
 
     from distrl.data.prompts import encode_prompt
@@ -35,7 +36,7 @@ def sample(model, tok, family: str, prompts: int, group: int, tokens: int) -> li
         ids = torch.tensor([encode_prompt(tok, row["prompt"])] * group)
         with torch.no_grad():
             gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
-                                 do_sample=True, temperature=1.0, top_p=1.0, pad_token_id=pad)
+                                 do_sample=True, temperature=temperature, top_p=1.0, pad_token_id=pad)
         out.append({**row, "completions": tok.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)})
     return out
 
@@ -54,27 +55,33 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--max_new_tokens", type=int, default=48)
+    parser.add_argument("--temperatures", default="1.0", help="comma-separated sampling temperatures")
     parser.add_argument("--model", default=DEFAULT_MODEL)
     opts = parser.parse_args()
     rewards = opts.rewards.split(",")
     path = resolve_model(opts.model)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
-    with_signal = dict.fromkeys(rewards, 0)
+    temperatures = [float(t) for t in opts.temperatures.split(",")]
+    with_signal = {(t, name): 0 for t in temperatures for name in rewards}
     for family in opts.families.split(","):
-        groups = sample(model, tok, family, opts.prompts, opts.group, opts.max_new_tokens)
-        for name in rewards:
-            fn, scores, signal = load_reward(name), [], 0
-            for g in groups:
-                r = fn([g["prompt"]] * opts.group, g["completions"], answer=[g["answer"]] * opts.group)
-                scores += r
-                signal += statistics.pstdev(r) > 1e-4
-            with_signal[name] += signal
-            print(f"{family:<12} {name:<15} mean {statistics.mean(scores):.3f}  groups with signal "
-                  f"{signal}/{len(groups)}  exact {sum(x > 0.5 for x in scores)}", flush=True)
+        for t in temperatures:
+            groups = sample(model, tok, family, opts.prompts, opts.group, opts.max_new_tokens, t)
+            for name in rewards:
+                fn, scores, signal = load_reward(name), [], 0
+                for g in groups:
+                    r = fn([g["prompt"]] * opts.group, g["completions"], answer=[g["answer"]] * opts.group)
+                    scores += r
+                    signal += statistics.pstdev(r) > 1e-4
+                with_signal[t, name] += signal
+                print(f"{family:<12} T={t:<4} {name:<15} mean {statistics.mean(scores):.3f}  groups with signal "
+                      f"{signal}/{len(groups)}  exact {sum(x > 0.5 for x in scores)}", flush=True)
     first, last = rewards[0], rewards[-1]
-    print(f"groups with signal: {last} {with_signal[last]}, {first} {with_signal[first]}")
-
+    if len(temperatures) == 1:
+        t = temperatures[0]
+        print(f"groups with signal: {last} {with_signal[t, last]}, {first} {with_signal[t, first]}")
+    else:
+        print(f"groups with signal ({first}): " + ", ".join(f"T={t} {with_signal[t, first]}" for t in temperatures))
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,8 @@
 """How often does a reward give a group any signal on the untrained model? Sample the embedded
-SmolLM2-135M-Instruct at training settings (temperature 1.0, 48 new tokens, transformers, bf16)
-on training prompts of each family, score every group with each reward, and count the groups
-whose rewards are not all equal (GRPO's advantage is 0 for the others).
+SmolLM2-135M-Instruct at training settings (48 new tokens, transformers, bf16; temperature 1.0
+unless --temperatures says otherwise: the training default until a80aed3, now 0.7) on training
+prompts of each family, score every group with each reward, and count the groups whose rewards
+are not all equal (GRPO's advantage is 0 for the others).
 
     python bench/reward_signal.py [--families big_numbers,arithmetic,word] [--prompts 24]
         [--group 8] [--rewards numeric,numeric_close,numeric_digits] [--temperatures 1.0]

@@ -84,5 +84,6 @@ def main() -> None:
     else:
         print(f"groups with signal ({first}): " + ", ".join(f"T={t} {with_signal[t, first]}" for t in temperatures))
 
+
 if __name__ == "__main__":
     main()

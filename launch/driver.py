@@ -31,7 +31,8 @@ from distrl.generation import Rollout, SamplingParams
 from distrl.precision import GAP_LIMITS
 from distrl.plot import draw as draw_plots
 from distrl.rewards.pool import RewardPool
-from launch.guards import count_bad_update, count_eval_drop, count_flat_steps, count_gap_breach, split_gap
+from launch.guards import (count_bad_update, count_cut_steps, count_eval_drop, count_flat_steps, count_gap_breach,
+                           split_gap)
 from launch.cluster import Actors
 from launch.learner_group import LearnerGroup
 from launch.learning_signal import learning_signal
@@ -58,7 +59,8 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
         self.gen_version = 0  # the generators' (after the loads already submitted)
         self.weights_ref = None  # the learner's newest published weights
         self.gen_weights_ref = None  # the weights the generators hold (or are loading)
-        self.generator_restarts = self.bad_steps = self.gap_breaches = self.eval_drops = self.flat_steps = 0
+        self.generator_restarts = self.bad_steps = self.gap_breaches = 0
+        self.eval_drops = self.flat_steps = self.cut_steps = 0  # the learning-health warnings' counts
         self.started = time.perf_counter()  # train() restarts it; the clock of --time_budget_s
         self.budget_spent = False
         self.gap_limit = cfg.run.max_logprob_gap or GAP_LIMITS.get(cfg.model.dtype, GAP_LIMITS["bfloat16"])
@@ -213,6 +215,8 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
                    "rollouts_dropped": self.rollouts_dropped - dropped_before, "sampling_rounds": sampling_rounds}
         metrics["step_s"] = time.perf_counter() - t0
         metrics["samples_per_s"] = metrics["rollouts"] / metrics["step_s"]
+        self.cut_steps = count_cut_steps(self.cut_steps, metrics["truncated_frac"], metrics["prompt_copy_frac"],
+                                         step, cfg)
         return metrics
 
     def _log_samples(self, step: int, rnd: Round) -> None:

@@ -1,8 +1,8 @@
 """Checks on a run when something keeps going wrong step after step: updates skipped for
 non-finite numbers and generators whose log-probs drift from the learner's (each warns on every
 bad step and raises RunStopped at its limit), held-out accuracy that falls below where it
-started, and steps that give the learner no signal at all (warnings). The driver calls them and
-keeps the counts."""
+started, steps that give the learner no signal at all, and steps whose completions are all cut
+off (warnings). The driver calls them and keeps the counts."""
 
 from __future__ import annotations
 
@@ -108,5 +108,29 @@ def count_flat_steps(in_a_row: int, frac_zero_std: float, step: int, cfg: TrainC
               f"never be right yet: try --reward numeric_close (partial credit for near answers), more "
               f"--num_candidates (now {cfg.run.num_candidates}), --dynamic_sampling, or a larger "
               f"--max_new_tokens (now {cfg.sampling.max_new_tokens}; see truncated_frac).",
+              file=sys.stderr, flush=True)
+    return in_a_row
+
+
+CUT_STEPS = 5
+
+
+def count_cut_steps(in_a_row: int, truncated_frac: float, prompt_copy_frac: float, step: int,
+                    cfg: TrainConfig) -> int:
+    """Steps in a row where every training completion was cut off at --max_new_tokens, after this
+    one; at CUT_STEPS it warns once: the reward then only reads numbers out of unfinished text, so
+    a budget too short for the task, or a model that has learned to run on (often repeating the
+    prompt), trains on noise, silently otherwise."""
+    if truncated_frac < 1.0:
+        return 0
+    in_a_row += 1
+    if in_a_row == CUT_STEPS:
+        print(f"warning: step {step}: {in_a_row} steps in a row where every training completion was cut off at "
+              f"--max_new_tokens {cfg.sampling.max_new_tokens} (truncated_frac 1.0; prompt_copy_frac "
+              f"{prompt_copy_frac:.2f}): no answer is finished, so the reward reads numbers out of unfinished "
+              f"text. If the model never finished, the budget is too short for this task: measure the base "
+              f"model's answer lengths (python bench/learning.py --lengths) and raise --max_new_tokens. If it "
+              f"did before, it has learned to run on (read samples.jsonl): lower --lr (now {cfg.algo.lr:g}) "
+              f"or add a KL anchor (--beta), and --resume from a checkpoint saved before it did.",
               file=sys.stderr, flush=True)
     return in_a_row

@@ -1,7 +1,7 @@
 """Signs that a run is learning the wrong thing, in the log and on stderr."""
 
 from distrl.config import parse_args
-from launch.guards import FLAT_STEPS, count_eval_drop, count_flat_steps
+from launch.guards import CUT_STEPS, FLAT_STEPS, count_cut_steps, count_eval_drop, count_flat_steps
 
 
 def test_accuracy_below_the_start_twice_in_a_row_warns_once_naming_the_causes(capsys):
@@ -28,3 +28,17 @@ def test_steps_without_any_signal_warn_once_naming_the_remedies(capsys):
     assert "--reward numeric the model may never be right yet" in err and "--reward numeric_close" in err
     assert count_flat_steps(n, 1.0, FLAT_STEPS + 1, cfg) == FLAT_STEPS + 1 and capsys.readouterr().err == ""
     assert count_flat_steps(n, 0.875, FLAT_STEPS + 2, cfg) == 0  # one group with signal: reset
+
+
+def test_steps_whose_completions_are_all_cut_off_warn_once_naming_the_budget(capsys):
+    cfg = parse_args([])
+    n = 0
+    for step in range(1, CUT_STEPS):
+        n = count_cut_steps(n, 1.0, 0.8, step, cfg)
+    assert n == CUT_STEPS - 1 and capsys.readouterr().err == ""
+    n = count_cut_steps(n, 1.0, 0.8, CUT_STEPS, cfg)
+    err = capsys.readouterr().err
+    assert f"{CUT_STEPS} steps in a row where every training completion was cut off at --max_new_tokens 48" in err
+    assert "prompt_copy_frac 0.80" in err and "bench/learning.py --lengths" in err and "--lr (now 3e-05)" in err
+    assert count_cut_steps(n, 1.0, 0.8, CUT_STEPS + 1, cfg) == CUT_STEPS + 1 and capsys.readouterr().err == ""
+    assert count_cut_steps(n, 0.98, 0.8, CUT_STEPS + 2, cfg) == 0  # one finished answer: reset

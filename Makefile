@@ -26,4 +26,4 @@ train: model
 	$(PY) train_distributed.py --number_of_actors 2 --learner grpo $(ARGS)
 
 test: model
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests

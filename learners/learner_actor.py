@@ -29,7 +29,7 @@ from distrl.generation.hf import HFBackend
 from distrl.models import (TrainingKernels, load_policy, load_tokenizer, load_unsloth_policy, low_precision_cpu,
                            pick_device, tokenizer_fingerprint, trainable_parameters, wants_compile, where)
 from distrl import parallel
-from distrl.optim import CPUAdamW, ShardedCPUAdamW, clip_and_step, make_optimizer
+from distrl.optim import CPUAdamW, ShardedCPUAdamW, clip_and_step, make_optimizer, set_hyperparameters
 from distrl.weights import PackedWeights, WeightPacker
 
 
@@ -306,6 +306,9 @@ class LearnerActor:
                     p.copy_(saved[name])
             sharded = isinstance(self.optimizer, ShardedCPUAdamW)
             self.optimizer.load_state_dict(load_state(folder, f"optimizer-rank{self.rank}" if sharded else "optimizer"))
+        saved_lr = set_hyperparameters(self.optimizer, self.algo.lr, self.algo.weight_decay)
+        if self.rank == 0 and saved_lr is not None and saved_lr != self.algo.lr:
+            print(f"resumed with --lr {self.algo.lr:g}; the checkpoint was trained at {saved_lr:g}", flush=True)
         state = load_state(folder, "learner")
         torch.set_rng_state(state["rng"]["cpu"])
         if "cuda" in state["rng"] and torch.cuda.is_available():

@@ -174,6 +174,29 @@ def test_cpu_adamw_learner_trains_like_adamw(tiny_model_dir, monkeypatch):
         assert torch.allclose(p, results[1][name], atol=1e-5), name
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "cpu_adamw"])
+def test_a_resumed_run_updates_at_its_own_lr_not_the_checkpoints(tiny_model_dir, tmp_path, optimizer):
+    """torch's load_state_dict restores the saved lr with the moments: `--resume ... --lr 1e-3`
+    after a run at 1e-2 must still step at 1e-3 (same state, same gradients: a 10x smaller step)."""
+    fp32 = ModelConfig(dtype="float32")
+    first = LearnerActor(tiny_model_dir, fp32, AlgoConfig(lr=1e-2, optimizer=optimizer), temperature=1.0,
+                         torch_threads=1)
+    generator = GenerationActor(tiny_model_dir, fp32, torch_threads=1)
+    generator.load_weights(first.publish())
+    generator.load_weights(first.step(*_rollouts(generator, first, seed=0))[1])
+    first.save_checkpoint(str(tmp_path))
+    rollouts, adv = _rollouts(generator, first, seed=1)
+    moved = {}
+    for lr in (1e-2, 1e-3):
+        resumed = LearnerActor(tiny_model_dir, fp32, AlgoConfig(lr=lr, optimizer=optimizer), temperature=1.0,
+                               torch_threads=1)
+        assert resumed.load_checkpoint(str(tmp_path)) == 1
+        before = {n: p.detach().clone() for n, p in resumed.params.items()}
+        resumed.step(rollouts, adv)
+        moved[lr] = max(float((p.detach() - before[n]).abs().max()) for n, p in resumed.params.items())
+    assert moved[1e-3] == pytest.approx(0.1 * moved[1e-2], rel=0.02), moved
+
+
 def test_adamw_8bit_learner_updates(tiny_model_dir):
     fp32 = ModelConfig(dtype="float32")  # 8-bit AdamW keeps no fp32 masters
     learner_actor = LearnerActor(tiny_model_dir, fp32, AlgoConfig(lr=1e-2, optimizer="adamw_8bit"),

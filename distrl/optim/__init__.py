@@ -37,6 +37,21 @@ def make_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, w
     raise KeyError(f"unknown optimizer '{name}'; valid: {', '.join(OPTIMIZERS)}")
 
 
+def set_hyperparameters(optimizer, lr: float, weight_decay: float) -> float | None:
+    """Give a loaded optimizer this run's lr and weight decay; returns the lr it was saved with
+    (None for a rank that owns no shard). torch's load_state_dict restores every param group's
+    hyperparameters, so a run resumed with another --lr would otherwise keep the old one."""
+    inner = optimizer.local if isinstance(optimizer, ShardedCPUAdamW) else optimizer
+    if inner is None:
+        return None
+    if isinstance(inner, CPUAdamW):
+        inner.base_lr, inner = lr, inner.inner
+    saved = float(inner.param_groups[0]["lr"])
+    for group in inner.param_groups:
+        group["lr"], group["weight_decay"] = lr, weight_decay
+    return saved
+
+
 def clip_and_step(optimizer, params: list[torch.nn.Parameter], max_grad_norm: float) -> float:
     """Clip the global gradient norm, update unless it is non-finite, clear gradients; return the
     norm before clipping. CPUAdamW clips its own CPU gradients.
@@ -56,4 +71,4 @@ def clip_and_step(optimizer, params: list[torch.nn.Parameter], max_grad_norm: fl
     return norm
 
 
-__all__ = ["CPUAdamW", "ShardedCPUAdamW", "OPTIMIZERS", "clip_and_step", "make_optimizer"]
+__all__ = ["CPUAdamW", "ShardedCPUAdamW", "OPTIMIZERS", "clip_and_step", "make_optimizer", "set_hyperparameters"]

@@ -125,12 +125,14 @@ def count_cut_steps(in_a_row: int, truncated_frac: float, prompt_copy_frac: floa
         return 0
     in_a_row += 1
     if in_a_row == CUT_STEPS:
-        print(f"warning: step {step}: {in_a_row} steps in a row where every training completion was cut off at "
-              f"--max_new_tokens {cfg.sampling.max_new_tokens} (truncated_frac 1.0; prompt_copy_frac "
-              f"{prompt_copy_frac:.2f}): no answer is finished, so the reward reads numbers out of unfinished "
-              f"text. If the model never finished, the budget is too short for this task: measure the base "
-              f"model's answer lengths (python bench/learning.py --lengths) and raise --max_new_tokens. If it "
-              f"did before, it has learned to run on (read samples.jsonl): lower --lr (now {cfg.algo.lr:g}) "
-              f"or add a KL anchor (--beta), and --resume from a checkpoint saved before it did.",
-              file=sys.stderr, flush=True)
+        kept = f"the newest {cfg.run.keep_checkpoints} are" if cfg.run.keep_checkpoints else "all are"
+        print(f"warning: step {step}: {in_a_row} steps in a row (since step {step - in_a_row + 1}) where every "
+              f"training completion was cut off at --max_new_tokens {cfg.sampling.max_new_tokens} (truncated_frac "
+              f"1.0; prompt_copy_frac {prompt_copy_frac:.2f}): no answer is finished, so the reward reads numbers "
+              f"out of unfinished text. If the untrained model did not finish either (eval_truncated_frac and "
+              f"eval_len_mean at step 0 in metrics.jsonl; for a built-in task, python bench/learning.py --lengths), "
+              f"the budget is too short for this task: raise --max_new_tokens. If it did, it has learned to run on "
+              f"(read samples.jsonl): lower --lr (now {cfg.algo.lr:g}) or raise the KL anchor --beta (now "
+              f"{cfg.algo.beta:g}), and --resume from a checkpoint saved before that step ({kept} kept; "
+              f"--keep_checkpoints 0 keeps all).", file=sys.stderr, flush=True)
     return in_a_row

@@ -109,7 +109,7 @@ def base_model(name: str) -> str:
 
 def run_distrl(system: str, family: str, seed: int, budget_s: float, split: str, out: str, preset: str,
                dtype: str, extra: list[str], model: str) -> dict:
-    name = f"{family}-{system}-s{seed}"
+    name = f"{family}-{system}-s{seed}-{split}-{budget_s / 60:g}min"  # a later run must not overwrite it
     shutil.rmtree(os.path.join(out, name), ignore_errors=True)  # a fresh run, never an appended one
     args = [sys.executable, "train_distributed.py", "--model", model, "--dataset", family, "--eval_split", split,
             "--output_dir", out, "--run_name", name, "--dtype", dtype, "--seed", str(seed),
@@ -140,7 +140,7 @@ def trl_python() -> str:
 
 
 def run_trl(family: str, seed: int, budget_s: float, out: str, model: str) -> dict:
-    folder = os.path.join(out, f"{family}-trl-s{seed}")
+    folder = os.path.join(out, f"{family}-trl-s{seed}-{budget_s / 60:g}min")
     os.makedirs(folder, exist_ok=True)
     data = os.path.join(folder, "train.jsonl")
     with open(data, "w") as f:

@@ -29,7 +29,7 @@ from distrl.generation.hf import HFBackend
 from distrl.models import (TrainingKernels, load_policy, load_tokenizer, load_unsloth_policy, low_precision_cpu,
                            pick_device, tokenizer_fingerprint, trainable_parameters, wants_compile, where)
 from distrl import parallel
-from distrl.optim import CPUAdamW, ShardedCPUAdamW, clip_and_step, make_optimizer, set_hyperparameters
+from distrl.optim import ShardedCPUAdamW, clip_and_step, make_optimizer, set_hyperparameters
 from distrl.weights import PackedWeights, WeightPacker
 
 

@@ -120,6 +120,9 @@ def run_distrl(system: str, family: str, seed: int, budget_s: float, split: str,
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"distrl on {family} failed:\n{proc.stderr[-3000:]}")
+    # The run is scored from final/ and never resumed: its last checkpoint (the fp32 masters and
+    # moments, 1.8 GB for the embedded model) only fills the disk.
+    shutil.rmtree(os.path.join(out, name, "checkpoints"), ignore_errors=True)
     with open(os.path.join(out, name, "metrics.jsonl")) as f:
         steps = [m for m in map(json.loads, f) if m["step"] > 0]
     train_s = sum(m["step_s"] for m in steps)

@@ -151,7 +151,7 @@ class SamplingConfig:
 @dataclass(frozen=True)
 class AlgoConfig:
     learner: str = _field("grpo", "Learning algorithm.", choices=sorted(LEARNERS))
-    lr: float = _field(3e-5, "AdamW learning rate.")
+    lr: float = _field(1e-5, "AdamW learning rate.")
     beta: float = _field(0.0, "KL coefficient to the reference model (k3 estimator); 0 = no "
                          "reference model.")
     algo_preset: str = _field("", "Set the flags below as a paper did (explicit flags still win): grpo, "

@@ -84,6 +84,9 @@ def test_learning_bench_trains_both_systems_scores_them_once_and_reuses_stored_r
     assert len(stored) == 3 and any(f.startswith("trl-") for f in stored), stored  # base, distrl, trl
     run = json.loads((tmp_path / "results" / "word" / next(f for f in stored if f.startswith("trl-"))).read_text())
     assert run["steps"] >= 1 and 0.0 <= run["accuracy"] <= 1.0 and run["system"] == "trl"
+    (distrl_run,) = [d for d in (tmp_path / "out").iterdir() if "-distrl-" in d.name]
+    # scored from final/; the run's checkpoint (1.8 GB for the embedded model) is not kept
+    assert (distrl_run / "final").is_dir() and not (distrl_run / "checkpoints").exists()
     shutil.rmtree(tmp_path / "out")
     assert last_line("bench/learning.py", *args) == first
     assert not (tmp_path / "out").exists()  # nothing trained the second time

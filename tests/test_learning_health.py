@@ -41,6 +41,6 @@ def test_steps_whose_completions_are_all_cut_off_warn_once_naming_the_budget(cap
     assert f"{CUT_STEPS} steps in a row (since step 1) where every training completion was cut off at " \
            "--max_new_tokens 48" in err
     assert "prompt_copy_frac 0.80" in err and "eval_truncated_frac" in err and "bench/learning.py --lengths" in err
-    assert "--lr (now 3e-05)" in err and "--beta (now 0)" in err and "the newest 2 are kept" in err
+    assert "--lr (now 1e-05)" in err and "--beta (now 0)" in err and "the newest 2 are kept" in err
     assert count_cut_steps(n, 1.0, 0.8, CUT_STEPS + 1, cfg) == CUT_STEPS + 1 and capsys.readouterr().err == ""
     assert count_cut_steps(n, 0.98, 0.8, CUT_STEPS + 2, cfg) == 0  # one finished answer: reset

@@ -80,7 +80,7 @@ def test_fp32_masters_keep_the_updates_pure_bf16_drops():
 def _bf16_pair(model_dir, lora_rank):
     cfg = ModelConfig(lora_rank=lora_rank, lora_alpha=2 * lora_rank or 32, dtype="bfloat16")
     learner = LearnerActor(model_dir, cfg, AlgoConfig(), temperature=1.0, torch_threads=1)
-    assert learner.algo.lr == 3e-5  # the default
+    assert learner.algo.lr == 1e-5  # the default
     generator = GenerationActor(model_dir, cfg, torch_threads=1)
     return learner, generator
 

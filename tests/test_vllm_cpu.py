@@ -134,7 +134,7 @@ def test_full_update_at_the_default_lr_reaches_the_engine(smollm, prompts, ray_l
     from learners.learner_actor import LearnerActor
 
     learner = LearnerActor(smollm, ModelConfig(dtype="float32"), AlgoConfig(), temperature=1.0, torch_threads=2)
-    assert learner.algo.lr == 3e-5  # the default
+    assert learner.algo.lr == 1e-5  # the default
     vllm = engine(smollm)
     weights = learner.publish()
     assert vllm.load_weights(weights, ray_local.put(weights)) == 0

@@ -1,6 +1,7 @@
 """Exact resume: a run SIGKILLed after step 3 and resumed to step 6 ends where an uninterrupted
 run ends, having seen the same prompts in the same order, across an epoch boundary: in fp32, and
-in bf16 with CPUAdamW's fp32 masters, bit for bit."""
+in bf16 with CPUAdamW's fp32 masters, bit for bit. The saved model is in the run's dtype: in bf16,
+the weights the generators ran, not the masters."""
 
 import json
 
@@ -59,7 +60,7 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_one(tiny_model_dir, tmp
     moved = max((a[k] - start[k]).abs().max().item() for k in a)
     print(f"resume exactness: max |param difference| = {diff:.3g} (training moved params by {moved:.3g})")
     assert diff == 0 and moved > 1e-3
-    assert all(t.dtype == torch.float32 for t in a.values())  # in bf16: the fp32 masters are what is saved
+    assert all(t.dtype == getattr(torch, dtype) for t in a.values())  # in bf16: the bf16 weights, not the masters
     # The optimizer state too (with bf16 weights: CPUAdamW's fp32 masters and moments).
     opt_a = _flat(load_state(str(tmp_path / "straight" / "checkpoints" / "step-000006"), "optimizer"))
     opt_b = _flat(load_state(str(tmp_path / "broken" / "checkpoints" / "step-000006"), "optimizer"))

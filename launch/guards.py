@@ -105,7 +105,8 @@ def count_flat_steps(in_a_row: int, frac_zero_std: float, step: int, cfg: TrainC
     if in_a_row == FLAT_STEPS:
         print(f"warning: step {step}: {in_a_row} steps in a row without any reward difference within a group "
               f"(frac_zero_std 1.0): the learner got no signal. With --reward {cfg.data.reward} the model may "
-              f"never be right yet: try --reward numeric_close (partial credit for near answers), more "
+              f"never be right yet: try --reward numeric_digits (partial credit for the trailing digits computed "
+              f"right, none for copying the prompt), more "
               f"--num_candidates (now {cfg.run.num_candidates}), --dynamic_sampling, or a larger "
               f"--max_new_tokens (now {cfg.sampling.max_new_tokens}; see truncated_frac).",
               file=sys.stderr, flush=True)

@@ -25,7 +25,7 @@ def test_steps_without_any_signal_warn_once_naming_the_remedies(capsys):
     n = count_flat_steps(n, 1.0, FLAT_STEPS, cfg)
     err = capsys.readouterr().err
     assert f"{FLAT_STEPS} steps in a row without any reward difference" in err
-    assert "--reward numeric the model may never be right yet" in err and "--reward numeric_close" in err
+    assert "--reward numeric the model may never be right yet" in err and "--reward numeric_digits" in err
     assert count_flat_steps(n, 1.0, FLAT_STEPS + 1, cfg) == FLAT_STEPS + 1 and capsys.readouterr().err == ""
     assert count_flat_steps(n, 0.875, FLAT_STEPS + 2, cfg) == 0  # one group with signal: reset
 

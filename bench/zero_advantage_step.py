@@ -9,16 +9,23 @@ flags: bf16 on a CPU with AMX, micro-batches of 32) on the same rollouts of a de
 prompts x 8 samples, 48 tokens), side by side: all advantages 0; one group with signal, planned
 as now (its rows in micro-batches of their own) and as before (micro-batches by length only, so
 its rows share them with rows without signal, and every micro-batch runs a backward); every group
-with signal. Medians of `--repeats`; the ratio of the one-group cases last.
+with signal. Those four forward every row (`--gap_rows 0`). Rows without a gradient are
+forwarded only to measure logprob_gap, so by default (`--gap_rows 8`) the learner forwards 8 of
+them per sampler; the rows are labelled as a default step's samplers (the learner's 2 prompts,
+3 for each of two generators), and two more cases run with that default: all advantages 0, and
+one group with signal. Medians of `--repeats`; the ratio of the all-zero cases, then the ratio of
+the one-group cases last.
 
     python bench/zero_advantage_step.py [--groups 8] [--group 8] [--repeats 3]
 
+Second-to-last line: `all zero: every row / --gap_rows 8 = X.XX`.
 Last line: `one group with signal: by length / apart = X.XX`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -53,16 +60,21 @@ def main() -> None:
     prompts = [encode_prompt(learner.tokenizer, r["prompt"]) for r in rows]
     groups = learner.generate(prompts, SamplingParams(n=args.group, max_new_tokens=args.max_new_tokens, seed=0))
     rollouts = [r for g in groups for r in g]
+    for i, r in enumerate(rollouts):  # who sampled it, as in a default step: 2 prompts learner, 3 + 3 generators
+        r.source = min(2, max(0, (i // args.group + 1) // 3))
     tokens = sum(len(r.prompt_ids) + len(r.completion_ids) for r in rollouts)
     signal = [(1.0 if i % 2 else -1.0) for i in range(args.group)]  # lr 1e-12: the weights barely move
     one = signal + [0.0] * (len(rollouts) - args.group)
-    cases = {"all zero": ([0.0] * len(rollouts), False), "one group, apart": (one, False),
-             "one group, by length": (one, True), "all groups": (signal * args.groups, False)}
+    zero = [0.0] * len(rollouts)
+    cases = {"all zero": (zero, False, 0), "one group, apart": (one, False, 0),
+             "one group, by length": (one, True, 0), "all groups": (signal * args.groups, False, 0),
+             "all zero, gap_rows 8": (zero, False, 8), "one group, gap_rows 8": (one, False, 8)}
     timings: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(args.repeats):
-        for name, (adv, by_length) in cases.items():
+        for name, (adv, by_length, gap_rows) in cases.items():
             la.plan_microbatches = ((lambda lengths, rows, tokens, needs_grad: plan_microbatches(lengths, rows, tokens))
                                     if by_length else plan_microbatches)
+            learner.algo = dataclasses.replace(learner.algo, gap_rows=gap_rows)
             for r in rollouts:  # keep versions in step with the learner
                 r.policy_version = learner.policy_version
             start = time.perf_counter()
@@ -74,6 +86,7 @@ def main() -> None:
     for name, t in med.items():
         print(f"{name:<22} {t:6.2f} s  (median of {args.repeats})")
     print(f"normal/zero = {med['all groups'] / med['all zero']:.2f}")
+    print(f"all zero: every row / --gap_rows 8 = {med['all zero'] / med['all zero, gap_rows 8']:.2f}")
     print(f"one group with signal: by length / apart = {med['one group, by length'] / med['one group, apart']:.2f}")
 
 

@@ -88,6 +88,20 @@ def plan_microbatches(lengths: Sequence[int], max_rows: int, max_tokens: int = 0
     return plans
 
 
+def gap_rows(samplers: Sequence[object], per_sampler: int) -> list[int]:
+    """Which rows without a gradient to forward for logprob_gap alone: at most `per_sampler` of
+    each sampler's rows (`samplers[i]` names who sampled row i), spread evenly over them, so over
+    its groups; 0 = every row. Indices into `samplers`, ascending."""
+    if not per_sampler:
+        return list(range(len(samplers)))
+    rows: dict[object, list[int]] = {}
+    for i, who in enumerate(samplers):
+        rows.setdefault(who, []).append(i)
+    keep = [mine[int((j + 0.5) * len(mine) / per_sampler)] if len(mine) > per_sampler else mine[j]
+            for mine in rows.values() for j in range(min(per_sampler, len(mine)))]
+    return sorted(keep)
+
+
 def _split_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
     """(decoder body, output head) when logits are exactly `head(body(...))`, else None."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -188,6 +188,9 @@ class AlgoConfig:
     max_tokens_per_microbatch: int = _field(0, "Also cap each micro-batch at this many padded tokens "
                                             "(rows x longest row; rows grouped by length); 0 = no cap "
                                             "(2048 with the auto micro-batch of 32).")
+    gap_rows: int = _field(8, "Rows without a gradient (advantage 0, no KL or entropy term) are "
+                           "forwarded only to measure logprob_gap: at most this many per sampler (the "
+                           "learner, each generator) per step, spread over its groups; 0 = every row.")
     logprob_chunk_size: int = _field(0, "Compute log-probs from the last hidden states this many "
                                      "completion positions at a time, so the full (B, T, vocab) "
                                      "logits never exist at once; 0 = one full forward.")
@@ -231,6 +234,8 @@ class AlgoConfig:
             raise ConfigError("--grad_offload needs --optimizer cpu_adamw")
         if self.micro_batch_size < 0:
             raise ConfigError(f"--micro_batch_size must be >= 1 (0 = auto), got {self.micro_batch_size}")
+        if self.gap_rows < 0:
+            raise ConfigError(f"--gap_rows must be >= 0 (0 = every row), got {self.gap_rows}")
         for name in ("clip_eps", "clip_eps_low", "clip_eps_high", "min_group_std", "entropy_coef",
                      "overlong_buffer", "overlong_penalty"):
             if getattr(self, name) < 0:

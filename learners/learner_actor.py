@@ -21,7 +21,7 @@ import time
 import torch
 
 from distrl.algorithms import policy_loss
-from distrl.batch import Collated, collate, completion_logprobs, microbatch_limits, plan_microbatches
+from distrl.batch import Collated, collate, completion_logprobs, gap_rows, microbatch_limits, plan_microbatches
 from distrl.checkpoint import check_safe, load_state, save_state
 from distrl.config import AlgoConfig, ModelConfig
 from distrl.generation import Rollout, SamplingParams
@@ -146,10 +146,13 @@ class LearnerActor:
                              f"version {self.policy_version} (max staleness {self.max_staleness})")
         num_tokens, num_seqs = batch_totals or (float(sum(len(r.completion_ids) for r in rollouts)), len(rollouts))
         totals: dict[str, float] = {}
-        lengths = [len(r.prompt_ids) + len(r.completion_ids) for r in rollouts]
-        plans = plan_microbatches(lengths, *microbatch_limits(self.algo.micro_batch_size,
-                                                              self.algo.max_tokens_per_microbatch, self.kernels is not None),
-                                  needs_grad=None if self._grad_always() else [a != 0.0 for a in advantages])
+        needs_grad = None if self._grad_always() else [a != 0.0 for a in advantages]
+        rows, gap_weight = self._rows_to_run(rollouts, needs_grad)
+        lengths = [len(rollouts[i].prompt_ids) + len(rollouts[i].completion_ids) for i in rows]
+        plans = [[rows[j] for j in plan] for plan in plan_microbatches(
+            lengths, *microbatch_limits(self.algo.micro_batch_size, self.algo.max_tokens_per_microbatch,
+                                        self.kernels is not None),
+            needs_grad=None if needs_grad is None else [needs_grad[i] for i in rows])]
         if self.fsdp:
             plans += [[]] * (parallel.max_over_ranks(len(plans), self.device) - len(plans))
         with self.kernels.active() if self.kernels else contextlib.nullcontext():
@@ -157,7 +160,8 @@ class LearnerActor:
                 metrics = self._accumulate([rollouts[i] for i in idx] or [filler],
                                            [advantages[i] for i in idx] or [0.0],
                                            [ref_logprobs[i] for i in idx] if ref_logprobs and idx else None,
-                                           num_tokens, num_seqs, weight=1.0 if idx else 0.0)
+                                           num_tokens, num_seqs, weight=0.0 if not idx else
+                                           1.0 if needs_grad is None or needs_grad[idx[0]] else gap_weight)
                 for k, v in metrics.items():
                     totals[k] = totals.get(k, 0.0) + v
         bad_loss = not math.isfinite(totals.get("loss", 0.0))
@@ -186,6 +190,19 @@ class LearnerActor:
                       # Time in gradient/weight collectives outside backward (FSDP's are inside it).
                       comm_s=comm_s if self.world_size > 1 else 0.0)
         return totals, self.publish() if publish else None
+
+    def _rows_to_run(self, rollouts: list[Rollout], needs_grad: list[bool] | None) -> tuple[list[int], float]:
+        """The rows this step forwards: every row with a gradient, and of those without one (their
+        forward only measures logprob_gap) --gap_rows per sampler. Also the weight that makes those
+        stand for all rows without a gradient in the step's metrics (their tokens over the sampled
+        ones'); a per-sampler gap is a ratio of two sums, so the weight leaves it as measured."""
+        if needs_grad is None or not self.algo.gap_rows:
+            return list(range(len(rollouts))), 1.0
+        idle = [i for i, grad in enumerate(needs_grad) if not grad]
+        samplers = ["stale" if rollouts[i].policy_version != self.policy_version else rollouts[i].source for i in idle]
+        picked = [idle[j] for j in gap_rows(samplers, self.algo.gap_rows)]
+        tokens = [sum(len(rollouts[i].completion_ids) for i in part) for part in (idle, picked)]
+        return sorted([i for i, grad in enumerate(needs_grad) if grad] + picked), tokens[0] / max(tokens[1], 1)
 
     def _grad_always(self) -> bool:
         """Whether rows with advantage 0 have a gradient too: a KL or entropy term in the loss, or

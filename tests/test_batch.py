@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from distrl.batch import collate, completion_logprobs, plan_microbatches
+from distrl.batch import collate, completion_logprobs, gap_rows, plan_microbatches
 from distrl.config import ModelConfig
 from distrl.generation import Rollout
 from distrl.models import load_policy
@@ -47,6 +47,15 @@ def test_microbatch_plan_keeps_rows_without_gradient_apart():
     plans = plan_microbatches(lengths, max_rows=4, needs_grad=grad)
     assert sorted(i for p in plans for i in p) == list(range(len(lengths)))  # each row exactly once
     assert plans == [[4, 1], [5, 0, 2, 7], [3, 6]]  # rows with a gradient first, never mixed
+
+
+def test_gap_rows_caps_each_sampler_and_spreads_over_its_groups():
+    samplers = [0] * 16 + [1] * 24 + [2] * 3  # the learner's 2 groups of 8, a generator's 3, one with 3 rows
+    picked = gap_rows(samplers, per_sampler=4)
+    assert [samplers[i] for i in picked] == [0] * 4 + [1] * 4 + [2] * 3
+    assert picked[:4] == [2, 6, 10, 14]  # both of the learner's groups, not its first rows only
+    assert {i // 8 for i in picked[4:8]} == {2, 3, 4}  # each of the generator's groups
+    assert gap_rows(samplers, per_sampler=0) == list(range(len(samplers)))
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 64])

@@ -232,3 +232,9 @@ def test_evaluation_has_its_own_token_budget():
     assert parse_args(["--eval_max_new_tokens", "24"]).sampling.eval_tokens == 24
     assert_one_line_error(cli("--eval_max_new_tokens", "-1"), "--eval_max_new_tokens must be >= 1")
     assert_one_line_error(cli("--temperature", "0"), "--temperature must be > 0")  # the checks after it still run
+
+
+def test_gap_rows_is_read_and_checked():
+    assert parse_args([]).algo.gap_rows == 8
+    assert parse_args(["--gap_rows", "0"]).algo.gap_rows == 0  # 0: every row, as before
+    assert_one_line_error(cli("--gap_rows", "-1"), "--gap_rows must be >= 0")

@@ -14,10 +14,10 @@ from learners.learner_actor import LearnerActor
 from tests.helpers import ones_fraction
 
 
-def _pair(model_dir, lora_rank=0, lr=1e-3, learner="grpo"):
+def _pair(model_dir, lora_rank=0, lr=1e-3, learner="grpo", gap_rows=8):
     # fp32: the sync proof at its sharpest (bf16's is the fingerprint: tests/test_precision.py).
     cfg = ModelConfig(lora_rank=lora_rank, lora_alpha=2 * lora_rank or 32, dtype="float32")
-    learner_actor = LearnerActor(model_dir, cfg, AlgoConfig(learner=learner, lr=lr), temperature=1.0,
+    learner_actor = LearnerActor(model_dir, cfg, AlgoConfig(learner=learner, lr=lr, gap_rows=gap_rows), temperature=1.0,
                                  torch_threads=1)
     generator = GenerationActor(model_dir, cfg, torch_threads=1)
     generator.load_weights(learner_actor.publish())
@@ -55,6 +55,40 @@ def test_broken_sync_makes_the_gap_jump(tiny_model_dir):
     broken_gap = learner_actor.step(rollouts, adv)[0]["logprob_gap"]
     assert synced_gap < 1e-4
     assert broken_gap > 1e-2 and broken_gap > 1000 * synced_gap
+
+
+def test_rows_without_signal_are_sampled_for_the_gap_and_a_broken_generator_still_shows(tiny_model_dir, monkeypatch):
+    """A step with no signal forwards only --gap_rows rows per sampler (the rest would only have
+    measured logprob_gap); a generator that missed the last update still stands out in its own
+    gap, and the step's gap reads as if every row had been measured."""
+    import learners.learner_actor as la
+
+    forwarded = []
+    plain = la.completion_logprobs
+    monkeypatch.setattr(la, "completion_logprobs", lambda model, batch, *a, **k: forwarded.append(
+        batch.input_ids.shape[0]) or plain(model, batch, *a, **k))
+    gaps = {}
+    for rows in (0, 1):
+        torch.manual_seed(0)
+        learner_actor, generator = _pair(tiny_model_dir, lr=3e-2, gap_rows=rows)
+        stale = GenerationActor(tiny_model_dir, ModelConfig(dtype="float32"), torch_threads=1)
+        stale.load_weights(learner_actor.publish())
+        learner_actor.step(*_rollouts(generator, learner_actor, seed=0))
+        generator.load_weights(learner_actor.publish())
+        stale.policy_version = learner_actor.policy_version  # reports the new version, holds the old weights
+        good, _ = _rollouts(generator, learner_actor, seed=1)
+        bad, _ = _rollouts(stale, learner_actor, seed=1)
+        for r in good:
+            r.source = 1
+        for r in bad:
+            r.source = 2
+        forwarded.clear()
+        metrics, _ = learner_actor.step(good + bad, [0.0] * 16)
+        gaps[rows] = metrics["logprob_gap"], {s: metrics[f"gap_sum/{s}"] / metrics[f"gap_tokens/{s}"] for s in (1, 2)}
+        assert sum(forwarded) == (16 if rows == 0 else 2)
+    for total, by_sampler in gaps.values():
+        assert by_sampler[1] < 1e-4 and by_sampler[2] > 1e-2
+    assert 0.3 < gaps[1][0] / gaps[0][0] < 3  # two rows stand for sixteen: no 8x dilution
 
 
 @pytest.mark.parametrize("lora_rank", [0, 4])

@@ -16,7 +16,9 @@ TRL runs in its own virtual environment (.venv-trl, created here on first use; T
 project dependency) through bench/trl_grpo.py, whose docstring lists its settings.
 
 Every finished run is stored as JSON under bench/results/FAMILY/, keyed by system, seed, budget,
-split and version (distrl: the commit; TRL: its version; the untrained model: none), and reused:
+split and version (distrl: the commit; TRL: its version; the untrained model: none), with the
+machine it ran on (CPU, cores, bf16 units; a reused run from another machine is warned about, as
+its budget bought another amount of training), and reused:
 a bench that was interrupted picks up where it stopped, `--only FAMILY` runs one family and
 prints the table of every family stored for the same keys. Each row: family, system, accuracy
 before and after, gain in points, optimizer steps, samples (completions) per second of training.
@@ -54,6 +56,19 @@ def commit() -> str:
     dirty = subprocess.run(["git", "status", "--porcelain", "distrl", "launch", "actors", "learners",
                             "train_distributed.py"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     return (rev or "nogit") + ("-dirty" if dirty else "")
+
+
+def machine() -> str:
+    """This machine as each stored run records it: a wall-clock budget buys a different amount of
+    training on another CPU, so rows measured on different machines do not compare."""
+    from distrl.precision import BF16_UNITS, cpu_flags
+
+    name = "unknown CPU"
+    if os.path.isfile("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    units = "+".join(sorted(cpu_flags() & set(BF16_UNITS))) or "no bf16 matrix units"
+    return f"{name}, {os.cpu_count()} cores, {units}"
 
 
 def evaluate(model_dir: str, rows: list[dict], max_new_tokens: int = EVAL_TOKENS, batch: int = 50) -> dict:
@@ -210,6 +225,7 @@ def main() -> None:
              "-" + hashlib.sha1(f"{opts.model} {opts.eval_rows}".encode()).hexdigest()[:6])
     key = f"{opts.budget_min:g}min-{opts.split}{scope}"
     version = {"trl": "trl1.16.0"}
+    here = machine()
     rows = []
     for family in opts.families:
         split_rows = task_splits(family)[opts.split][:opts.eval_rows or None]
@@ -229,10 +245,19 @@ def main() -> None:
                                       extra, opts.model))
                     return {**run, **evaluate(run["model"], split_rows), "wall_s": time.perf_counter() - started,
                             "family": family, "system": system, "seed": seed, "budget_min": opts.budget_min,
-                            "split": opts.split, "extra": extra if system != "trl" else []}
+                            "split": opts.split, "extra": extra if system != "trl" else [], "machine": here}
 
                 r = stored(path, make)
+                if r.get("machine", here) != here:
+                    print(f"warning: the stored {system} run on {family} (seed {seed}) was measured on "
+                          f"{r['machine']}, this is {here}: its {opts.budget_min:g} minutes bought another "
+                          f"amount of training; delete {os.path.relpath(path)} to run it here",
+                          file=sys.stderr, flush=True)
                 rows.append({**r, "base": base["accuracy"]})
+    unrecorded = sum("machine" not in r for r in rows)
+    if unrecorded:
+        print(f"note: {unrecorded} of these rows were stored before runs recorded their machine "
+              f"(2026-12-05); this is {here}", file=sys.stderr)
     report(rows, systems, opts.vs_trl)
 
 

@@ -190,7 +190,8 @@ class AlgoConfig:
                                             "(2048 with the auto micro-batch of 32).")
     gap_rows: int = _field(8, "Rows without a gradient (advantage 0, no KL or entropy term) are "
                            "forwarded only to measure logprob_gap: at most this many per sampler (the "
-                           "learner, each generator) per step, spread over its groups; 0 = every row.")
+                           "learner, each generator), step and learner rank, spread over its groups; "
+                           "0 = every row.")
     logprob_chunk_size: int = _field(0, "Compute log-probs from the last hidden states this many "
                                      "completion positions at a time, so the full (B, T, vocab) "
                                      "logits never exist at once; 0 = one full forward.")

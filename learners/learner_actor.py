@@ -160,8 +160,9 @@ class LearnerActor:
                 metrics = self._accumulate([rollouts[i] for i in idx] or [filler],
                                            [advantages[i] for i in idx] or [0.0],
                                            [ref_logprobs[i] for i in idx] if ref_logprobs and idx else None,
-                                           num_tokens, num_seqs, weight=0.0 if not idx else
-                                           1.0 if needs_grad is None or needs_grad[idx[0]] else gap_weight)
+                                           num_tokens, num_seqs, weight=1.0 if idx else 0.0,
+                                           stands_for=1.0 if needs_grad is None or not idx or needs_grad[idx[0]]
+                                           else gap_weight)
                 for k, v in metrics.items():
                     totals[k] = totals.get(k, 0.0) + v
         bad_loss = not math.isfinite(totals.get("loss", 0.0))
@@ -194,8 +195,9 @@ class LearnerActor:
     def _rows_to_run(self, rollouts: list[Rollout], needs_grad: list[bool] | None) -> tuple[list[int], float]:
         """The rows this step forwards: every row with a gradient, and of those without one (their
         forward only measures logprob_gap) --gap_rows per sampler. Also the weight that makes those
-        stand for all rows without a gradient in the step's metrics (their tokens over the sampled
-        ones'); a per-sampler gap is a ratio of two sums, so the weight leaves it as measured."""
+        stand for all rows without a gradient in the step's token-mean metrics (their tokens over
+        the sampled ones'; per-sequence ones, GSPO's importance_weight, only approximately). Each
+        sampler's gap (gap_sum/gap_tokens) stays unweighted: the mean over the tokens measured."""
         if needs_grad is None or not self.algo.gap_rows:
             return list(range(len(rollouts))), 1.0
         idle = [i for i, grad in enumerate(needs_grad) if not grad]
@@ -212,9 +214,11 @@ class LearnerActor:
 
     def _accumulate(self, rollouts: list[Rollout], advantages: list[float],
                     ref_logprobs: list[list[float]] | None, num_tokens: float,
-                    num_seqs: int, weight: float = 1.0) -> dict[str, float]:
+                    num_seqs: int, weight: float = 1.0, stands_for: float = 1.0) -> dict[str, float]:
         """Forward + backward of one micro-batch; the loss is normalised over the whole batch.
-        `weight` 0: a filler micro-batch (FSDP) that must run but count for nothing."""
+        `weight` 0: a filler micro-batch (FSDP) that must run but count for nothing. `stands_for`:
+        how many times its rows' share of the batch's metrics this micro-batch counts (rows without
+        a gradient sampled for the gap, see `_rows_to_run`); the per-sampler gap sums ignore it."""
         batch = collate(rollouts, self.tokenizer.pad_token_id)
         mask = batch.completion_mask.to(self.device)
         # Rows with advantage 0 and no KL term have exactly zero gradient: when a whole
@@ -245,8 +249,8 @@ class LearnerActor:
         # The proof the generators hold our weights, read off this same (pre-update) forward:
         # mean |generator log-prob - learner log-prob| over the sampled tokens.
         row_gap, row_tokens = ((logprobs.detach() - old).abs() * mask).sum(-1).tolist(), mask.sum(-1).tolist()
-        out = {k: float(v) * weight for k, v in metrics.items()}
-        out["logprob_gap"] = sum(row_gap) / max(num_tokens, 1.0) * weight
+        out = {k: float(v) * weight * stands_for for k, v in metrics.items()}
+        out["logprob_gap"] = sum(row_gap) / max(num_tokens, 1.0) * weight * stands_for
         # The same sums by who sampled each row (the driver splits the gap per actor, and apart
         # for rollouts of an older version, whose gap is lag as well as sync error).
         for r, g, n in zip(rollouts, row_gap, row_tokens):

@@ -148,6 +148,23 @@ def test_backward_runs_only_on_the_rows_with_signal_and_the_update_is_unchanged(
         torch.testing.assert_close(p, weights[1][name], rtol=0, atol=1e-5)  # Adam moves each by ~lr = 3e-2
 
 
+def test_rows_sampled_for_the_gap_leave_the_update_and_the_loss_as_they_were(tiny_model_dir):
+    """One group with signal, one without: forwarding one of the idle group's rows instead of all
+    four changes neither the gradient nor the loss the step reports."""
+    results = []
+    for rows in (0, 1):
+        torch.manual_seed(0)
+        learner_actor, generator = _pair(tiny_model_dir, lr=3e-2, gap_rows=rows)
+        rollouts, _ = _rollouts(generator, learner_actor, seed=0)
+        metrics, _ = learner_actor.step(rollouts, [0.0] * 4 + [1.0, -1.0, 0.5, -0.5])
+        results.append((metrics, {n: p.detach().clone() for n, p in learner_actor.params.items()}))
+    (every, before), (sampled, after) = results
+    assert every["grad_norm"] > 0 and sampled["grad_norm"] == pytest.approx(every["grad_norm"], rel=1e-5)
+    assert sampled["loss"] == pytest.approx(every["loss"], rel=1e-5)
+    for name, p in before.items():
+        torch.testing.assert_close(p, after[name], rtol=0, atol=1e-6)
+
+
 def test_learner_refuses_rollouts_from_another_version(tiny_model_dir):
     learner_actor, generator = _pair(tiny_model_dir)
     rollouts, adv = _rollouts(generator, learner_actor, seed=0)

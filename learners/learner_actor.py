@@ -201,10 +201,15 @@ class LearnerActor:
         if needs_grad is None or not self.algo.gap_rows:
             return list(range(len(rollouts))), 1.0
         idle = [i for i, grad in enumerate(needs_grad) if not grad]
-        samplers = ["stale" if rollouts[i].policy_version != self.policy_version else rollouts[i].source for i in idle]
+        samplers = [self._sampler(rollouts[i]) for i in idle]
         picked = [idle[j] for j in gap_rows(samplers, self.algo.gap_rows)]
         tokens = [sum(len(rollouts[i].completion_ids) for i in part) for part in (idle, picked)]
         return sorted([i for i, grad in enumerate(needs_grad) if grad] + picked), tokens[0] / max(tokens[1], 1)
+
+    def _sampler(self, rollout: Rollout) -> int | str:
+        """Whose gap a row counts in: the sampler's, or "stale" for a rollout of an older version
+        (its gap is lag as well as sync error)."""
+        return "stale" if rollout.policy_version != self.policy_version else rollout.source
 
     def _grad_always(self) -> bool:
         """Whether rows with advantage 0 have a gradient too: a KL or entropy term in the loss, or
@@ -254,7 +259,7 @@ class LearnerActor:
         # The same sums by who sampled each row (the driver splits the gap per actor, and apart
         # for rollouts of an older version, whose gap is lag as well as sync error).
         for r, g, n in zip(rollouts, row_gap, row_tokens):
-            source = "stale" if r.policy_version != self.policy_version else r.source
+            source = self._sampler(r)
             out[f"gap_sum/{source}"] = out.get(f"gap_sum/{source}", 0.0) + g * weight
             out[f"gap_tokens/{source}"] = out.get(f"gap_tokens/{source}", 0.0) + n * weight
         return out

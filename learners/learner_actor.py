@@ -49,6 +49,7 @@ class LearnerActor:
         # Auto: the node's cores, shared by the learner ranks (placed together by default).
         torch.set_num_threads(torch_threads if torch_threads > 0 else max(1, (os.cpu_count() or 1) // world_size))
         torch.manual_seed(seed)
+        self.seed = seed
         self.algo, self.temperature, self.ref_mode = algo_cfg, temperature, ref_mode
         self.max_staleness, self.max_new_tokens = max_staleness, max_new_tokens
         self.correct_mismatch, self.sample_threads = correct_mismatch, sample_threads
@@ -76,7 +77,8 @@ class LearnerActor:
     def _make_optimizer(self):
         algo = self.algo
         return make_optimizer(algo.optimizer, self.params.values(), algo.lr, algo.weight_decay, algo.max_grad_norm,
-                              algo.grad_offload, self.rank, self.world_size, self.cpu_group, self.sharding)
+                              algo.grad_offload, self.rank, self.world_size, self.cpu_group, self.sharding,
+                              seed=self.seed)
 
     # -- the learner group --------------------------------------------------------------
     def rendezvous_address(self) -> str:
@@ -370,10 +372,10 @@ class LearnerActor:
         with FSDP the state is gathered to rank 0's CPU first).
 
         The policy is the weights the model computes with, the ones every generator ran and every
-        gradient was taken at: with bf16 weights, their bf16 values, not CPUAdamW's fp32 masters.
-        The masters start on the bf16 grid and drift below its spacing; only the drift that crosses
-        it reaches the policy, so the masters are another, barely trained model (arithmetic, lr
-        1e-5, 55 steps: the bf16 weights 25.7% greedy in fp32, the masters 7.7%, the base 5.3%).
+        gradient was taken at: with bf16 weights, their bf16 values, not CPUAdamW's fp32 masters,
+        which differ from them below the bf16 spacing (dithered there, `distrl/optim/cpu_adamw.py`;
+        when they started at the rounded values the masters were another, barely trained model:
+        arithmetic, lr 1e-5, 55 steps: the bf16 weights 25.7% greedy in fp32, the masters 7.7%).
         They stay in the optimizer state of each checkpoint, for an exact resume."""
         state = None
         if self.fsdp:

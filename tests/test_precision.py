@@ -64,7 +64,7 @@ def test_fp32_masters_keep_the_updates_pure_bf16_drops():
     pure = torch.nn.Parameter(torch.ones(64, dtype=torch.bfloat16))
     mixed = torch.nn.Parameter(torch.ones(64, dtype=torch.bfloat16))
     plain_opt = torch.optim.AdamW([pure], lr=1e-6, weight_decay=0.0)
-    master_opt = CPUAdamW([mixed], lr=1e-6, max_grad_norm=0.0)
+    master_opt = CPUAdamW([mixed], lr=1e-6, max_grad_norm=0.0, dither_seed=None)  # masters at 1.0 exactly
     for _ in range(50):
         for p in (pure, mixed):
             p.grad = torch.ones_like(p)  # Adam's step is lr * sign: exactly -1e-6 each
@@ -256,3 +256,28 @@ def test_the_default_run_computes_in_the_cpus_dtype_end_to_end(tiny_model_dir, t
     assert [m["policy_version"] for m in steps] == [1, 2]
     assert all(m["logprob_gap"] < GAP_LIMITS[expected] for m in steps), [m["logprob_gap"] for m in steps]
     assert all(("importance_weight" in m) == (expected != "float32") for m in steps)
+
+
+def test_masters_start_anywhere_in_their_cell_so_a_small_update_reaches_bf16_weights_from_the_first_step():
+    """An Adam step of a tenth of the bf16 spacing (weights in [1, 2): spacing 2^-7). Masters at
+    the cell's centre (the rounded weights) round it away: the policy does not move. Dithered
+    masters cross the cell's edge in about a tenth of the weights: on average the bf16 weights
+    move by the update, from the first step. The rounded weights before the step are unchanged."""
+    g = torch.Generator().manual_seed(0)
+    start = (1.0 + torch.rand(20_000, generator=g)).to(torch.bfloat16)
+    spacing, lr = 2.0 ** -7, 2.0 ** -7 / 10
+    moved = {}
+    for seed in (None, 0):
+        w = torch.nn.Parameter(start.clone())
+        opt = CPUAdamW([w], lr=lr, max_grad_norm=0.0, dither_seed=seed)
+        assert torch.equal(w.detach(), start)  # the masters' place in the cell changes no weight
+        offset = (opt.masters[0] - start.float()) / spacing
+        if seed is None:
+            assert torch.equal(offset, torch.zeros_like(offset))
+        else:  # uniform over the cell (inside its edges): |offset| averages a quarter of the spacing
+            assert float(offset.abs().max()) <= 0.5 and abs(float(offset.abs().mean()) - 0.25) < 0.01
+        w.grad = -torch.ones_like(w)  # Adam's first step is lr * sign: every master moves up by lr
+        opt.step()
+        moved[seed] = float((w.detach().float() - start.float()).mean())
+    assert moved[None] == 0.0  # centred masters: the update is rounded away everywhere
+    assert abs(moved[0] - lr) < 0.1 * lr  # dithered: the bf16 weights moved by the update on average

@@ -15,21 +15,22 @@ OPTIMIZERS = ("auto", "adamw", "cpu_adamw", "adamw_8bit")
 
 def make_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float,
                    max_grad_norm: float, grad_offload: bool = False, rank: int = 0, world_size: int = 1,
-                   cpu_group=None, sharding: str = "zero1"):
+                   cpu_group=None, sharding: str = "zero1", seed: int = 0):
     """`adamw` (torch fused), `cpu_adamw` (fp32 masters + moments on CPU; in a learner group of
     `world_size` > 1, sharded ZeRO-1 style over the ranks), `adamw_8bit` (bitsandbytes); `auto`:
-    cpu_adamw when a trained tensor is bf16/fp16 (its update needs an fp32 master), else adamw."""
+    cpu_adamw when a trained tensor is bf16/fp16 (its update needs an fp32 master), else adamw.
+    `seed` places cpu_adamw's masters in their bf16 rounding cells (`cpu_adamw.dither`)."""
     params = list(params)
     if name == "auto":
         name = "cpu_adamw" if any(p.dtype != torch.float32 for p in params) else "adamw"
     if name == "cpu_adamw" and world_size > 1:
         return ShardedCPUAdamW(params, rank, world_size, sharding, cpu_group, lr=lr, weight_decay=weight_decay,
-                               max_grad_norm=max_grad_norm, grad_offload=grad_offload)
+                               max_grad_norm=max_grad_norm, grad_offload=grad_offload, dither_seed=seed)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
     if name == "cpu_adamw":
         return CPUAdamW(params, lr=lr, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
-                        grad_offload=grad_offload)
+                        grad_offload=grad_offload, dither_seed=seed)
     if name == "adamw_8bit":
         import bitsandbytes as bnb
 

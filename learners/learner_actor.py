@@ -78,7 +78,7 @@ class LearnerActor:
         algo = self.algo
         return make_optimizer(algo.optimizer, self.params.values(), algo.lr, algo.weight_decay, algo.max_grad_norm,
                               algo.grad_offload, self.rank, self.world_size, self.cpu_group, self.sharding,
-                              seed=self.seed)
+                              seed=self.seed if algo.dither_masters else None)
 
     # -- the learner group --------------------------------------------------------------
     def rendezvous_address(self) -> str:

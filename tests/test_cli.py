@@ -234,6 +234,11 @@ def test_evaluation_has_its_own_token_budget():
     assert_one_line_error(cli("--temperature", "0"), "--temperature must be > 0")  # the checks after it still run
 
 
+def test_dither_masters_is_on_unless_turned_off():
+    assert parse_args([]).algo.dither_masters is True
+    assert parse_args(["--no_dither_masters"]).algo.dither_masters is False
+
+
 def test_gap_rows_is_read_and_checked():
     assert parse_args([]).algo.gap_rows == 8
     assert parse_args(["--gap_rows", "0"]).algo.gap_rows == 0  # 0: every row, as before

@@ -91,6 +91,19 @@ def _one_step(learner, generator, seed=0):
     return learner.step(rollouts, [1.0 if i % 2 else -1.0 for i in range(len(rollouts))])
 
 
+def test_a_bf16_learner_dithers_its_masters_unless_told_not_to(tiny_model_dir):
+    """By default every master of a bf16 weight sits off its cell's centre, and still rounds to the
+    very weight the model computes with; --no_dither_masters keeps them at the rounded weights."""
+    for dither in (True, False):
+        learner = LearnerActor(tiny_model_dir, ModelConfig(dtype="bfloat16"), AlgoConfig(dither_masters=dither),
+                               temperature=1.0, torch_threads=1)
+        pairs = list(zip(learner.params.values(), learner.optimizer.masters))
+        assert pairs and all(p.dtype == torch.bfloat16 and torch.equal(m.to(p.dtype), p.detach()) for p, m in pairs)
+        nonzero = sum(int((p != 0).sum()) for p, _ in pairs)
+        off_centre = sum(int((m != p.detach().float()).sum()) for p, m in pairs)
+        assert off_centre > 0.99 * nonzero if dither else off_centre == 0
+
+
 @pytest.mark.parametrize("lora_rank", [0, 4])
 def test_a_sync_that_loads_nothing_is_caught_in_bf16(tiny_model_dir, monkeypatch, lora_rank):
     import distrl.generation.hf as hf

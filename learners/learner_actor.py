@@ -373,9 +373,9 @@ class LearnerActor:
 
         The policy is the weights the model computes with, the ones every generator ran and every
         gradient was taken at: with bf16 weights, their bf16 values, not CPUAdamW's fp32 masters,
-        which differ from them below the bf16 spacing (dithered there, `distrl/optim/cpu_adamw.py`;
-        when they started at the rounded values the masters were another, barely trained model:
-        arithmetic, lr 1e-5, 55 steps: the bf16 weights 25.7% greedy in fp32, the masters 7.7%).
+        which differ from them below the bf16 spacing. Started at the rounded values (the default;
+        `--dither_masters` places them at random in the cell) they are another, barely trained
+        model: arithmetic, lr 1e-5, 55 steps: the bf16 weights 25.7% greedy in fp32, the masters 7.7%.
         They stay in the optimizer state of each checkpoint, for an exact resume."""
         state = None
         if self.fsdp:

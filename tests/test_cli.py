@@ -234,9 +234,9 @@ def test_evaluation_has_its_own_token_budget():
     assert_one_line_error(cli("--temperature", "0"), "--temperature must be > 0")  # the checks after it still run
 
 
-def test_dither_masters_is_on_unless_turned_off():
-    assert parse_args([]).algo.dither_masters is True
-    assert parse_args(["--no_dither_masters"]).algo.dither_masters is False
+def test_dither_masters_is_off_unless_asked_for():
+    assert parse_args([]).algo.dither_masters is False
+    assert parse_args(["--dither_masters"]).algo.dither_masters is True
 
 
 def test_gap_rows_is_read_and_checked():

@@ -91,12 +91,12 @@ def _one_step(learner, generator, seed=0):
     return learner.step(rollouts, [1.0 if i % 2 else -1.0 for i in range(len(rollouts))])
 
 
-def test_a_bf16_learner_dithers_its_masters_unless_told_not_to(tiny_model_dir):
-    """By default every master of a bf16 weight sits off its cell's centre, and still rounds to the
-    very weight the model computes with; --no_dither_masters keeps them at the rounded weights."""
+def test_a_bf16_learner_dithers_its_masters_only_when_asked(tiny_model_dir):
+    """With --dither_masters every master of a bf16 weight sits off its cell's centre, and still
+    rounds to the very weight the model computes with; by default they are the rounded weights."""
     for dither in (True, False):
-        learner = LearnerActor(tiny_model_dir, ModelConfig(dtype="bfloat16"), AlgoConfig(dither_masters=dither),
-                               temperature=1.0, torch_threads=1)
+        algo = AlgoConfig(dither_masters=True) if dither else AlgoConfig()
+        learner = LearnerActor(tiny_model_dir, ModelConfig(dtype="bfloat16"), algo, temperature=1.0, torch_threads=1)
         pairs = list(zip(learner.params.values(), learner.optimizer.masters))
         assert pairs and all(p.dtype == torch.bfloat16 and torch.equal(m.to(p.dtype), p.detach()) for p, m in pairs)
         nonzero = sum(int((p != 0).sum()) for p, _ in pairs)

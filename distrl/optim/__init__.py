@@ -15,12 +15,12 @@ OPTIMIZERS = ("auto", "adamw", "cpu_adamw", "adamw_8bit")
 
 def make_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float,
                    max_grad_norm: float, grad_offload: bool = False, rank: int = 0, world_size: int = 1,
-                   cpu_group=None, sharding: str = "zero1", seed: int | None = 0):
+                   cpu_group=None, sharding: str = "zero1", seed: int | None = None):
     """`adamw` (torch fused), `cpu_adamw` (fp32 masters + moments on CPU; in a learner group of
     `world_size` > 1, sharded ZeRO-1 style over the ranks), `adamw_8bit` (bitsandbytes); `auto`:
     cpu_adamw when a trained tensor is bf16/fp16 (its update needs an fp32 master), else adamw.
-    `seed` places cpu_adamw's masters in their bf16 rounding cells (`cpu_adamw.dither`); None
-    leaves them at the rounded weights."""
+    `seed` places cpu_adamw's masters at random in their bf16 rounding cells (`cpu_adamw.dither`,
+    `--dither_masters`); None (the default) leaves them at the rounded weights."""
     params = list(params)
     if name == "auto":
         name = "cpu_adamw" if any(p.dtype != torch.float32 for p in params) else "adamw"

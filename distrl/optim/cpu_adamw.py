@@ -11,8 +11,8 @@ tensors (we do not hand-write Adam; the work here is the offload around it):
 - gradient accumulation over `accum_steps` calls of `step()`, global-norm clipping over the CPU
   gradients, weight decay, and an LR schedule hook;
 - after the update the fp32 masters are copied back into the device parameters in their dtype;
-  each master starts at a random point inside its bf16/fp16 value's rounding cell (`dither`),
-  so that the updates that reach the rounded weights are unbiased from the first step;
+  with `dither_seed` each master starts at a random point inside its bf16/fp16 value's rounding
+  cell (`dither`), so that the updates that reach the rounded weights are unbiased from the first step;
 - when a parameter already is an fp32 CPU tensor it is its own master: no second copy is made.
 
 It does not own the model; the learner decides when to call it. Across a learner group each rank
@@ -103,11 +103,11 @@ class CPUAdamW:
                  max_grad_norm: float = 0.0, accum_steps: int = 1, grad_offload: bool = False,
                  lr_schedule: Callable[[int], float] | None = None,
                  master_copy: bool | None = None,
-                 norm_reduce: Callable[[float], float] | None = None, dither_seed: int | None = 0) -> None:
+                 norm_reduce: Callable[[float], float] | None = None, dither_seed: int | None = None) -> None:
         """`master_copy=None` copies only parameters that are not fp32 CPU tensors already;
         True forces separate masters (what a device model gets), False forbids them. Masters of
-        bf16/fp16 parameters are dithered in their rounding cell (`dither`) with `dither_seed`;
-        None keeps them at the cell's centre (the rounded value).
+        bf16/fp16 parameters are dithered in their rounding cell (`dither`) with `dither_seed`
+        (`--dither_masters`); None keeps them at the cell's centre (the rounded value).
         `norm_reduce` maps this optimizer's squared gradient norm to the global one (a shard
         of a learner group sums it over ranks), so every shard clips by the same factor."""
         if accum_steps < 1:

@@ -15,7 +15,7 @@ loss on 64 validation prompts is printed every 10 updates, computed with the wei
 with (bf16 for the two bf16 contenders). Last line:
 `validation loss after 10 updates: centred / dithered masters = X.XX`.
 
-    python bench/bf16_masters.py [--steps 20] [--lr 1e-5]
+    python bench/bf16_masters.py [--steps 20] [--lr 1e-5] [--rows 16] [--held_out 64] [--model NAME]
 """
 
 from __future__ import annotations
@@ -64,14 +64,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--rows", type=int, default=16, help="rows per update")
+    parser.add_argument("--held_out", type=int, default=64, help="validation prompts scored")
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="embedded model name or folder")
     opts = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = resolve_model("smollm2-135m-instruct")
+    path = resolve_model(opts.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     splits = task_splits("arithmetic")
-    train, held_out = splits["train"], batch(tokenizer, splits["validation"][:64])
+    train, held_out = splits["train"], batch(tokenizer, splits["validation"][:opts.held_out])
     base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     after_10 = {}
     for name in ("fp32 weights, torch AdamW", "bf16 weights, centred masters", "bf16 weights, dithered masters"):

@@ -62,6 +62,12 @@ def test_step_speed_runs_both_dtypes_on_a_tiny_model(tiny_model_dir):
     assert re.fullmatch(r"bf16/fp32 step_s = \d+\.\d\d", line), line
 
 
+def test_bf16_masters_runs_every_contender_on_a_tiny_model(tiny_model_dir):
+    line = last_line("bench/bf16_masters.py", "--steps", "10", "--rows", "2", "--held_out", "4",
+                     "--model", tiny_model_dir)
+    assert re.fullmatch(r"validation loss after 10 updates: centred / dithered masters = \d+\.\d\d", line), line
+
+
 def test_learner_scaling_runs_a_group_of_two_on_a_tiny_model(tiny_model_dir):
     line = last_line("bench/learner_scaling.py", "--steps", "1", "--model", tiny_model_dir,
                      "--configs", "N=1 adamw,N=2 adamw")

@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from distrl.data.prompts import encode_prompt  # noqa: E402
 from distrl.data.tasks import task_splits  # noqa: E402
 from distrl.models import resolve_model  # noqa: E402
 from distrl.optim import CPUAdamW  # noqa: E402
@@ -39,10 +40,8 @@ def batch(tokenizer, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torc
     """Input ids, labels (-100 outside the answer) and attention mask of prompt + "a op b = c"."""
     ids, labels = [], []
     for row in rows:
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]}], tokenize=False,
-                                               add_generation_prompt=True)
         expression = row["prompt"].split("What is ", 1)[1].split("?", 1)[0]
-        p = tokenizer(prompt, add_special_tokens=False).input_ids
+        p = encode_prompt(tokenizer, row["prompt"])  # the prompt ids distrl trains on
         a = tokenizer(f"{expression} = {row['answer']}", add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
         ids.append(p + a)
         labels.append([-100] * len(p) + a)

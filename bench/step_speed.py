@@ -32,9 +32,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHASES = ("gen_s", "reward_s", "train_s", "sync_s", "step_s")
 
 
-def run(dtype: str, args: argparse.Namespace, out: str, name: str) -> tuple[list[dict], float]:
-    """The timed steps' metrics, and the run's whole wall time."""
-    cmd = [sys.executable, os.path.join(ROOT, "train_distributed.py"), "--dtype", dtype,
+def run(side: list[str], args: argparse.Namespace, out: str, name: str) -> tuple[list[dict], float]:
+    """The timed steps' metrics, and the run's whole wall time; `side`: the flags that differ."""
+    label = " ".join(side)
+    cmd = [sys.executable, os.path.join(ROOT, "train_distributed.py"), *side,
            "--backend", args.backend, "--max_steps", str(args.steps), "--eval_every", "0",
            "--plot_every", "0", "--output_dir", out, "--run_name", name, *args.extra]
     if args.model:
@@ -43,14 +44,14 @@ def run(dtype: str, args: argparse.Namespace, out: str, name: str) -> tuple[list
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        sys.exit(f"{dtype} run failed:\n{proc.stderr[-3000:]}")
+        sys.exit(f"{label} run failed:\n{proc.stderr[-3000:]}")
     for line in proc.stdout.splitlines():
-        if line.startswith(("dtype auto", "backend auto")):
-            print(f"  {dtype}: {line}", flush=True)
+        if line.startswith(("dtype auto", "backend auto", "learner_chunk_size auto")):
+            print(f"  {label}: {line}", flush=True)
     with open(os.path.join(out, name, "metrics.jsonl")) as f:
         steps = [m for m in map(json.loads, f) if m.get("step", 0) > args.warmup and "step_s" in m]
     if not steps:
-        sys.exit(f"{dtype}: no step after the {args.warmup} warm-up step(s); raise --steps")
+        sys.exit(f"{label}: no step after the {args.warmup} warm-up step(s); raise --steps")
     return steps, wall
 
 
@@ -69,7 +70,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         for r in range(args.repeats):
             for dtype in steps:  # one after the other: the two never share the cores
-                timed, wall = run(dtype, args, out, f"{dtype}-{r}")
+                timed, wall = run(["--dtype", dtype], args, out, f"{dtype}-{r}")
                 steps[dtype] += timed
                 print(f"{dtype} (run {r + 1}/{args.repeats}): {args.steps} steps in {wall:.0f} s, "
                       "step_s " + " ".join(f"{m['step_s']:.1f}" for m in timed), flush=True)

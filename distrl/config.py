@@ -256,8 +256,12 @@ class RunConfig:
     number_of_actors: int = _field(2, "Generation actors besides the learner.")
     batch_size: int = _field(8, "Prompts per step (learner chunk + generators' share).")
     num_candidates: int = _field(8, "Completions sampled per prompt (the group size).")
-    learner_chunk_size: int = _field(2, "Prompts per step the learner generates itself; the rest "
-                                     "is split evenly over the generation actors.")
+    learner_chunk_size: int = _field(-1, "Prompts per step the learner generates itself; the rest "
+                                     "is split evenly over the generation actors. -1 = auto: 0 with "
+                                     "vLLM generators on CPU (the learner samples with transformers, "
+                                     "slower per token, on the cores the engines use: each step would "
+                                     "wait for it), --batch_size without generators, 0 with --fsdp, "
+                                     "else 2.")
     max_steps: int = _field(25, "Training steps (one optimizer update each).")
     time_budget_s: float = _field(0.0, "Also stop training after this many seconds (measured from the "
                                   "first step; the final evaluation and checkpoint follow); 0 = no limit.")
@@ -392,7 +396,7 @@ class RunConfig:
                               f"{self.num_learners} and {self.learner_check_every}")
         if self.fsdp and self.num_learners < 2:
             raise ConfigError("--fsdp shards the model over the learner ranks: set --num_learners >= 2")
-        if self.fsdp and self.learner_chunk_size:
+        if self.fsdp and self.learner_chunk_size > 0:
             raise ConfigError("--fsdp: a sharded learner cannot generate on its own (every forward "
                               "gathers weights from all ranks): set --learner_chunk_size 0")
         if self.colocate and self.num_learners > 1:
@@ -403,18 +407,34 @@ class RunConfig:
             raise ConfigError("--timeout_s and --sync_timeout_s must be > 0")
         if self.max_steps < 0:
             raise ConfigError(f"--max_steps must be >= 0, got {self.max_steps}")
-        if not 0 <= self.learner_chunk_size <= self.batch_size:
-            raise ConfigError(f"--learner_chunk_size must be in [0, --batch_size={self.batch_size}], "
+        if not -1 <= self.learner_chunk_size <= self.batch_size:
+            raise ConfigError(f"--learner_chunk_size must be -1 (auto) or in [0, --batch_size={self.batch_size}], "
                               f"got {self.learner_chunk_size}")
-        if self.number_of_actors == 0 and self.learner_chunk_size < self.batch_size:
+        if self.number_of_actors == 0 and 0 <= self.learner_chunk_size < self.batch_size:
             raise ConfigError("with --number_of_actors 0 the learner generates everything: set "
-                              f"--learner_chunk_size {self.batch_size} (= --batch_size)")
-        shared = self.batch_size - self.learner_chunk_size
+                              f"--learner_chunk_size {self.batch_size} (= --batch_size) or -1 (auto)")
+        shared = self.batch_size - max(self.learner_chunk_size, 0)
         if self.number_of_actors > 0 and shared < self.number_of_actors:
             raise ConfigError(f"--batch_size {self.batch_size} leaves {shared} prompts for "
                               f"{self.number_of_actors} generation actors; each needs at least one: "
                               f"raise --batch_size to >= {self.learner_chunk_size + self.number_of_actors}"
                               " or lower --number_of_actors")
+
+    def learner_chunk(self, backend: str, device: str) -> tuple[int, str]:
+        """--learner_chunk_size with auto (-1) resolved for the generators' backend and device,
+        and why. On CPU the learner samples its chunk with transformers beside vLLM engines on the
+        same cores: transformers is slower per token, and the step waits for the last chunk
+        (bench/learner_chunk.py: a default step 13.2 s with a chunk of 2, 9.2 s without)."""
+        if self.learner_chunk_size >= 0:
+            return self.learner_chunk_size, "set"
+        if self.number_of_actors == 0:
+            return self.batch_size, "no generation actors: the learner generates everything"
+        if self.fsdp:
+            return 0, "--fsdp: a sharded learner cannot generate on its own"
+        if backend == "vllm" and device == "cpu":
+            return 0, ("vLLM generators on CPU: the learner's transformers sampling, on the same cores, "
+                       "would be the last to finish each step")
+        return min(2, self.batch_size - self.number_of_actors), "the learner samples beside the generators"
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from distrl.config import ConfigError, TrainConfig
 from distrl.data import PromptSampler
 from distrl.data.prompts import encode_prompt
 from distrl.generation import Rollout, SamplingParams
+from distrl.generation.base import vllm_device
 from distrl.precision import GAP_LIMITS
 from distrl.plot import draw as draw_plots
 from distrl.rewards.pool import RewardPool
@@ -55,6 +56,8 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
         self.learners = LearnerGroup(actors.learners or [actors.learner], cfg.run.fsdp)
         self.tokenizer = setup.tokenizer
         self.sampler = PromptSampler(len(setup.train_rows), cfg.run.seed)
+        # Prompts per step the learner samples itself (auto resolved as preflight printed it).
+        self.learner_chunk = cfg.run.learner_chunk(setup.backend, vllm_device(cfg.run.num_gpus_per_actor))[0]
         self.policy_version = 0  # the learner's
         self.gen_version = 0  # the generators' (after the loads already submitted)
         self.weights_ref = None  # the learner's newest published weights
@@ -112,7 +115,7 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
         sampling = SamplingParams(n=cfg.run.num_candidates, max_new_tokens=cfg.sampling.max_new_tokens,
                                   temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
                                   seed=cfg.run.seed * 100_003 + step)
-        return Batch(step, indices, [self._prompt_ids(i) for i in indices], sampling, cfg.run.learner_chunk_size,
+        return Batch(step, indices, [self._prompt_ids(i) for i in indices], sampling, self.learner_chunk,
                      data_position=(self.sampler.epoch, self.sampler.position))
 
     def _launch_ahead(self, step: int) -> None:

@@ -74,6 +74,9 @@ def preflight(cfg: TrainConfig) -> Setup:
     dtype = choose_run_dtype(cfg)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype=dtype))
     backend = choose_backend(cfg, model_path)
+    if cfg.run.learner_chunk_size < 0:
+        chunk, reason = cfg.run.learner_chunk(backend, vllm_device(cfg.run.num_gpus_per_actor))
+        print(f"learner_chunk_size auto: {chunk} ({reason})", flush=True)
     check_quantizable(model_path, cfg.model)
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     if cfg.data.long_prompts == "error":

@@ -62,6 +62,12 @@ def test_step_speed_runs_both_dtypes_on_a_tiny_model(tiny_model_dir):
     assert re.fullmatch(r"bf16/fp32 step_s = \d+\.\d\d", line), line
 
 
+def test_learner_chunk_runs_both_sides_on_a_tiny_model(tiny_model_dir):
+    line = last_line("bench/learner_chunk.py", "--steps", "2", "--repeats", "1", "--model", tiny_model_dir,
+                     "--backend", "hf", "--batch_size", "4", "--num_candidates", "2", "--max_new_tokens", "4")
+    assert re.fullmatch(r"chunk0/chunk2 step_s = \d+\.\d\d", line), line
+
+
 def test_bf16_masters_runs_every_contender_on_a_tiny_model(tiny_model_dir):
     line = last_line("bench/bf16_masters.py", "--steps", "10", "--rows", "2", "--held_out", "4",
                      "--model", tiny_model_dir)

@@ -217,8 +217,8 @@ def test_learner_group_bundles_and_flags_that_cannot_work():
     cfg = parse_args(["--num_learners", "3", "--number_of_actors", "1", "--num_cpus_per_actor", "0.25"])
     assert bundles(cfg) == [{"CPU": 0.25}] * 4  # three learner ranks, then the generator
     assert_one_line_error(cli("--fsdp"), "--fsdp shards the model over the learner ranks", "--num_learners >= 2")
-    assert_one_line_error(cli("--fsdp", "--num_learners", "2"), "cannot generate on its own",
-                          "--learner_chunk_size 0")
+    assert_one_line_error(cli("--fsdp", "--num_learners", "2", "--learner_chunk_size", "2"),
+                          "cannot generate on its own", "--learner_chunk_size 0")
     assert_one_line_error(cli("--fsdp", "--num_learners", "2", "--learner_chunk_size", "0", "--optimizer",
                               "cpu_adamw"), "--fsdp shards the optimizer state itself", "--optimizer adamw")
     assert_one_line_error(cli("--num_learners", "0"), "--num_learners must be >= 1")
@@ -243,3 +243,16 @@ def test_gap_rows_is_read_and_checked():
     assert parse_args([]).algo.gap_rows == 8
     assert parse_args(["--gap_rows", "0"]).algo.gap_rows == 0  # 0: every row, as before
     assert_one_line_error(cli("--gap_rows", "-1"), "--gap_rows must be >= 0")
+
+
+def test_learner_chunk_auto_samples_beside_the_generators_only_where_that_is_not_slower():
+    run = parse_args([]).run
+    assert run.learner_chunk_size == -1
+    assert run.learner_chunk("vllm", "cpu")[0] == 0  # transformers beside vLLM engines on the same cores
+    assert run.learner_chunk("hf", "cpu")[0] == 2
+    assert run.learner_chunk("vllm", "cuda")[0] == 2
+    assert parse_args(["--learner_chunk_size", "3"]).run.learner_chunk("vllm", "cpu") == (3, "set")
+    assert parse_args(["--number_of_actors", "0"]).run.learner_chunk("vllm", "cpu")[0] == 8  # everything
+    assert parse_args(["--number_of_actors", "7"]).run.learner_chunk("hf", "cpu")[0] == 1  # each generator gets one
+    assert parse_args(["--fsdp", "--num_learners", "2", "--dtype", "float32"]).run.learner_chunk("hf", "cpu")[0] == 0
+    assert_one_line_error(cli("--learner_chunk_size", "-2"), "--learner_chunk_size must be -1 (auto)")

@@ -195,6 +195,20 @@ def test_cli_trains_with_two_vllm_generators_and_the_learner_chunk(tiny_model_di
     assert [a["backend"] for name, a in sorted(actors.items()) if name.startswith("distrl-generator")] == ["vllm"] * 2
 
 
+def test_auto_learner_chunk_leaves_all_sampling_to_the_cpu_engines(tiny_model_dir_vllm, tmp_path):
+    import math
+
+    from tests.test_system import read_metrics, tiny_run_args, train
+
+    proc = train(tiny_run_args(tiny_model_dir_vllm, "--backend", "vllm", "--learner_chunk_size", "-1"), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "learner_chunk_size auto: 0 (vLLM generators on CPU" in proc.stdout
+    steps = read_metrics(tmp_path)[1:]
+    assert [m["rollouts"] for m in steps] == [16, 16]  # all 4 prompts x 4, from the two engines
+    assert all(math.isnan(m["logprob_gap_learner"]) for m in steps)  # the learner sampled nothing
+    assert all(m["logprob_gap"] < FP32_SYNCED for m in steps), [m["logprob_gap"] for m in steps]
+
+
 def test_auto_picks_the_cpu_engine_only_where_it_was_measured_faster(tiny_model_dir_vllm, tiny_model_dir,
                                                                      tmp_path, monkeypatch):
     import json

@@ -424,7 +424,7 @@ class RunConfig:
         """--learner_chunk_size with auto (-1) resolved for the generators' backend and device,
         and why. On CPU the learner samples its chunk with transformers beside vLLM engines on the
         same cores: transformers is slower per token, and the step waits for the last chunk
-        (bench/learner_chunk.py: a default step 13.2 s with a chunk of 2, 9.2 s without)."""
+        (bench/learner_chunk.py: a default step took 15.7 s with a chunk of 2, 11.0 s without)."""
         if self.learner_chunk_size >= 0:
             return self.learner_chunk_size, "set"
         if self.number_of_actors == 0:

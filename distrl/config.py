@@ -417,7 +417,7 @@ class RunConfig:
         if self.number_of_actors > 0 and shared < self.number_of_actors:
             raise ConfigError(f"--batch_size {self.batch_size} leaves {shared} prompts for "
                               f"{self.number_of_actors} generation actors; each needs at least one: "
-                              f"raise --batch_size to >= {self.learner_chunk_size + self.number_of_actors}"
+                              f"raise --batch_size to >= {self.batch_size - shared + self.number_of_actors}"
                               " or lower --number_of_actors")
 
     def learner_chunk(self, backend: str, device: str) -> tuple[int, str]:

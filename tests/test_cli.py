@@ -256,3 +256,5 @@ def test_learner_chunk_auto_samples_beside_the_generators_only_where_that_is_not
     assert parse_args(["--number_of_actors", "7"]).run.learner_chunk("hf", "cpu")[0] == 1  # each generator gets one
     assert parse_args(["--fsdp", "--num_learners", "2", "--dtype", "float32"]).run.learner_chunk("hf", "cpu")[0] == 0
     assert_one_line_error(cli("--learner_chunk_size", "-2"), "--learner_chunk_size must be -1 (auto)")
+    assert_one_line_error(cli("--number_of_actors", "9"), "leaves 8 prompts for 9 generation actors",
+                          "raise --batch_size to >= 9")

@@ -14,43 +14,22 @@ Last line: `chunk0/chunk2 step_s = X.XX`.
 
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from step_speed import PHASES, run  # noqa: E402
-
-SIDES = {"chunk2": ["--learner_chunk_size", "2"], "chunk0": ["--learner_chunk_size", "0"]}
+from step_speed import alternate, parser, print_phases  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=8, help="steps per run, warm-up included")
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=2, help="run the pair N times, alternating the sides")
-    ap.add_argument("--backend", default="auto", help="the same generator backend on both sides")
-    ap.add_argument("--model", default="", help="default: the embedded SmolLM2-135M")
+    ap = parser(__doc__, steps=8, repeats=2)
     args, args.extra = ap.parse_known_args()
     args.extra = [a for a in args.extra if a != "--"]
     if args.repeats < 1:
         ap.error("--repeats must be >= 1")
-    steps: dict[str, list[dict]] = {side: [] for side in SIDES}
-    with tempfile.TemporaryDirectory() as out:
-        for r in range(args.repeats):
-            for side, flags in SIDES.items():  # one after the other: the two never share the cores
-                timed, wall = run(flags, args, out, f"{side}-{r}")
-                steps[side] += timed
-                print(f"{side} (run {r + 1}/{args.repeats}): {args.steps} steps in {wall:.0f} s, "
-                      "step_s " + " ".join(f"{m['step_s']:.1f}" for m in timed), flush=True)
-    two, none = ({k: statistics.median(m[k] for m in steps[s]) for k in PHASES} for s in SIDES)
-    print(f"median of steps {args.warmup + 1}..{args.steps} over {args.repeats} run(s) per side (seconds):")
-    print(f"{'phase':<10}{'chunk 2':>10}{'chunk 0':>10}{'0/2':>8}")
-    for k in PHASES:
-        print(f"{k:<10}{two[k]:>10.2f}{none[k]:>10.2f}{none[k] / max(two[k], 1e-9):>8.2f}")
-    print(f"chunk0/chunk2 step_s = {none['step_s'] / two['step_s']:.2f}")
+    medians = alternate({"chunk2": ["--learner_chunk_size", "2"], "chunk0": ["--learner_chunk_size", "0"]}, args)
+    print_phases(medians["chunk2"], medians["chunk0"], ("chunk 2", "chunk 0", "0/2"))
+    print(f"chunk0/chunk2 step_s = {medians['chunk0']['step_s'] / medians['chunk2']['step_s']:.2f}")
 
 
 if __name__ == "__main__":

@@ -55,30 +55,49 @@ def run(side: list[str], args: argparse.Namespace, out: str, name: str) -> tuple
     return steps, wall
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=4, help="steps per run, warm-up included")
+def alternate(sides: dict[str, list[str]], args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Run every side (name -> the flags that differ) `args.repeats` times, one after the other so
+    they never share the cores, alternating so that a slow spell falls on all; each side's median
+    per phase over all its timed steps."""
+    steps: dict[str, list[dict]] = {side: [] for side in sides}
+    with tempfile.TemporaryDirectory() as out:
+        for r in range(args.repeats):
+            for side, flags in sides.items():
+                timed, wall = run(flags, args, out, f"{side}-{r}")
+                steps[side] += timed
+                print(f"{side} (run {r + 1}/{args.repeats}): {args.steps} steps in {wall:.0f} s, "
+                      "step_s " + " ".join(f"{m['step_s']:.1f}" for m in timed), flush=True)
+    print(f"median of steps {args.warmup + 1}..{args.steps} over {args.repeats} run(s) per side (seconds):")
+    return {side: {k: statistics.median(m[k] for m in steps[side]) for k in PHASES} for side in sides}
+
+
+def print_phases(before: dict[str, float], after: dict[str, float], heads: tuple[str, str, str]) -> None:
+    """The two sides' medians per phase and their ratio (after / before), under `heads`."""
+    print(f"{'phase':<10}{heads[0]:>10}{heads[1]:>10}{heads[2]:>11}")
+    for k in PHASES:
+        print(f"{k:<10}{before[k]:>10.2f}{after[k]:>10.2f}{after[k] / max(before[k], 1e-9):>11.2f}")
+
+
+def parser(doc: str, steps: int, repeats: int) -> argparse.ArgumentParser:
+    """The flags every side-by-side step bench takes (unknown ones go to both sides' runs)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=steps, help="steps per run, warm-up included")
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=1, help="run the pair N times, alternating the sides")
+    ap.add_argument("--repeats", type=int, default=repeats, help="run the pair N times, alternating the sides")
     ap.add_argument("--backend", default="auto", help="the same generator backend on both sides")
     ap.add_argument("--model", default="", help="default: the embedded SmolLM2-135M")
+    return ap
+
+
+def main() -> None:
+    ap = parser(__doc__, steps=4, repeats=1)
     ap.add_argument("--bf16", default="auto", help="the bf16 side's --dtype (auto: what a user gets)")
     args, args.extra = ap.parse_known_args()
     if args.bf16 == "float32" or args.repeats < 1:
         ap.error("--bf16 must be a low-precision dtype (auto, bfloat16, float16) and --repeats >= 1")
-    steps: dict[str, list[dict]] = {"float32": [], args.bf16: []}
-    with tempfile.TemporaryDirectory() as out:
-        for r in range(args.repeats):
-            for dtype in steps:  # one after the other: the two never share the cores
-                timed, wall = run(["--dtype", dtype], args, out, f"{dtype}-{r}")
-                steps[dtype] += timed
-                print(f"{dtype} (run {r + 1}/{args.repeats}): {args.steps} steps in {wall:.0f} s, "
-                      "step_s " + " ".join(f"{m['step_s']:.1f}" for m in timed), flush=True)
-    fp32, bf16 = ({k: statistics.median(m[k] for m in steps[d]) for k in PHASES} for d in steps)
-    print(f"median of steps {args.warmup + 1}..{args.steps} over {args.repeats} run(s) per side (seconds):")
-    print(f"{'phase':<10}{'fp32':>10}{'bf16':>10}{'bf16/fp32':>11}")
-    for k in PHASES:
-        print(f"{k:<10}{fp32[k]:>10.2f}{bf16[k]:>10.2f}{bf16[k] / max(fp32[k], 1e-9):>11.2f}")
+    medians = alternate({"float32": ["--dtype", "float32"], args.bf16: ["--dtype", args.bf16]}, args)
+    fp32, bf16 = medians["float32"], medians[args.bf16]
+    print_phases(fp32, bf16, ("fp32", "bf16", "bf16/fp32"))
     print(f"bf16/fp32 step_s = {bf16['step_s'] / fp32['step_s']:.2f}")
 
 

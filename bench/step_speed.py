@@ -1,7 +1,8 @@
 """One whole default step in fp32 and in bf16 (what `--dtype auto` picks on a CPU with AMX), side by side.
 
-Each side is a real run of `train_distributed.py` with the default flags (2 generators + the
-learner's chunk, 8 prompts x 8 samples, the default token budget) and the same `--backend`;
+Each side is a real run of `train_distributed.py` with the default flags (2 generators and the
+learner's chunk that `--learner_chunk_size` auto gives each side, printed; 8 prompts x 8 samples,
+the default token budget) and the same `--backend`;
 only `--dtype` differs. The first `--warmup` steps are left out (first-call kernels, caches);
 the median of the rest is reported per phase: gen_s (sampling, all actors at once), train_s
 (the learner's forward, backward and update), sync_s (generators loading the new weights),

@@ -396,6 +396,9 @@ class RunConfig:
                               f"{self.num_learners} and {self.learner_check_every}")
         if self.fsdp and self.num_learners < 2:
             raise ConfigError("--fsdp shards the model over the learner ranks: set --num_learners >= 2")
+        if self.fsdp and self.number_of_actors == 0:
+            raise ConfigError("--fsdp: a sharded learner cannot generate on its own (every forward "
+                              "gathers weights from all ranks): set --number_of_actors >= 1")
         if self.fsdp and self.learner_chunk_size > 0:
             raise ConfigError("--fsdp: a sharded learner cannot generate on its own (every forward "
                               "gathers weights from all ranks): set --learner_chunk_size 0")
@@ -407,6 +410,8 @@ class RunConfig:
             raise ConfigError("--timeout_s and --sync_timeout_s must be > 0")
         if self.max_steps < 0:
             raise ConfigError(f"--max_steps must be >= 0, got {self.max_steps}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch_size must be >= 1, got {self.batch_size}")
         if not -1 <= self.learner_chunk_size <= self.batch_size:
             raise ConfigError(f"--learner_chunk_size must be -1 (auto) or in [0, --batch_size={self.batch_size}], "
                               f"got {self.learner_chunk_size}")

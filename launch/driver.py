@@ -178,9 +178,10 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
         """In lockstep, the learner samples its chunk of the next batch while the generators load
         the weights it just made (their own chunks queue behind the load). Not with
         --dynamic_sampling, whose extra rounds draw prompts before the next batch's, nor when the
-        run stops after this step."""
+        run stops after this step, nor without a chunk (the batch would start its clock early)."""
         run = self.cfg.run
-        return run.pipeline_depth == 0 and not run.dynamic_sampling and step < run.max_steps and not self.budget_spent
+        return (run.pipeline_depth == 0 and not run.dynamic_sampling and step < run.max_steps and not self.budget_spent
+                and self.learner_chunk > 0)
 
     def _out_of_time(self) -> bool:
         budget = self.cfg.run.time_budget_s

@@ -219,6 +219,8 @@ def test_learner_group_bundles_and_flags_that_cannot_work():
     assert_one_line_error(cli("--fsdp"), "--fsdp shards the model over the learner ranks", "--num_learners >= 2")
     assert_one_line_error(cli("--fsdp", "--num_learners", "2", "--learner_chunk_size", "2"),
                           "cannot generate on its own", "--learner_chunk_size 0")
+    assert_one_line_error(cli("--fsdp", "--num_learners", "2", "--number_of_actors", "0"),
+                          "cannot generate on its own", "--number_of_actors >= 1")
     assert_one_line_error(cli("--fsdp", "--num_learners", "2", "--learner_chunk_size", "0", "--optimizer",
                               "cpu_adamw"), "--fsdp shards the optimizer state itself", "--optimizer adamw")
     assert_one_line_error(cli("--num_learners", "0"), "--num_learners must be >= 1")
@@ -256,5 +258,6 @@ def test_learner_chunk_auto_samples_beside_the_generators_only_where_that_is_not
     assert parse_args(["--number_of_actors", "7"]).run.learner_chunk("hf", "cpu")[0] == 1  # each generator gets one
     assert parse_args(["--fsdp", "--num_learners", "2", "--dtype", "float32"]).run.learner_chunk("hf", "cpu")[0] == 0
     assert_one_line_error(cli("--learner_chunk_size", "-2"), "--learner_chunk_size must be -1 (auto)")
+    assert_one_line_error(cli("--batch_size", "0", "--number_of_actors", "0"), "--batch_size must be >= 1")
     assert_one_line_error(cli("--number_of_actors", "9"), "leaves 8 prompts for 9 generation actors",
                           "raise --batch_size to >= 9")

@@ -117,3 +117,14 @@ def test_prompts_dropped_survive_a_resume(make_trainer):
     resumed = make_trainer()
     resumed._restore(checkpoint.latest(trainer.setup.checkpoint_root))
     assert resumed._too_long == {3, 5}
+
+
+@pytest.mark.parametrize("chunk", ["0", "1"])
+def test_the_next_batch_starts_during_the_sync_only_for_a_learner_chunk(make_trainer, chunk):
+    """A batch's generation clock (gen_wait, hence tokens_per_s) starts when it is made: made during
+    the sync with nothing for the learner to sample, it would count the sync as generation."""
+    trainer = make_trainer("--learner_chunk_size", chunk)
+    trainer.step(1)
+    assert (2 in trainer._pending) == (chunk == "1")
+    if chunk == "1":
+        assert list(trainer._pending[2].refs) == [0]  # the learner's chunk, sampled with the new weights

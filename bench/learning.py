@@ -72,12 +72,13 @@ def machine() -> str:
 
 
 def evaluate(model_dir: str, rows: list[dict], max_new_tokens: int = EVAL_TOKENS, batch: int = 50) -> dict:
-    """The shared evaluator: greedy accuracy, cut-off share and answer lengths of one model."""
+    """The shared evaluator: greedy accuracy, cut-off share, answer lengths and the share of answers
+    that loop (repeat one of their lines 3+ times) of one model."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from distrl.data.prompts import encode_prompt
-    from distrl.rewards.answers import numeric_reward
+    from distrl.rewards.answers import numeric_reward, repeats_itself
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -100,6 +101,7 @@ def evaluate(model_dir: str, rows: list[dict], max_new_tokens: int = EVAL_TOKENS
     ordered = sorted(lengths)
     return {"accuracy": sum(correct) / len(rows), "cut_frac": sum(n > max_new_tokens for n in lengths) / len(rows),
             "len_p50": ordered[len(ordered) // 2], "len_p90": ordered[int(0.9 * len(ordered))],
+            "loop_frac": sum(map(repeats_itself, texts)) / len(rows),
             "samples": [{"prompt": r["prompt"], "completion": t} for r, t in zip(rows[:3], texts[:3])]}
 
 
@@ -144,7 +146,7 @@ def run_distrl(system: str, family: str, seed: int, budget_s: float, split: str,
     return {"model": os.path.join(out, name, "final"), "steps": len(steps), "train_s": train_s,
             "samples_per_s": sum(m["rollouts"] for m in steps) / train_s,
             "truncated_frac": statistics.mean(m["truncated_frac"] for m in steps),
-            "prompt_copy_frac_end": steps[-1]["prompt_copy_frac"]}
+            "prompt_copy_frac_end": steps[-1]["prompt_copy_frac"], "repeat_frac_end": steps[-1]["repeat_frac"]}
 
 
 def trl_python() -> str:

@@ -65,6 +65,7 @@ class Checkpointing:
         state = {"step": step, "policy_version": self.policy_version, "data_position": list(self.data_position),
                  "evals": {str(k): v for k, v in self.evals.items()},
                  "eval_cut": {str(k): v for k, v in self.eval_cut.items()},
+                 "eval_repeat_start": self.eval_repeat_start,
                  "eval_tokens": self.cfg.sampling.eval_tokens,
                  "rollouts_generated": self.rollouts_generated, "rollouts_dropped": self.rollouts_dropped,
                  "generator_restarts": self.generator_restarts, "prompts_dropped": sorted(self._too_long),
@@ -89,6 +90,7 @@ class Checkpointing:
         if state.get("eval_tokens") == self.cfg.sampling.eval_tokens:
             self.evals = {int(k): v for k, v in state["evals"].items()}
             self.eval_cut = {int(k): v for k, v in state["eval_cut"].items()}
+            self.eval_repeat_start = state.get("eval_repeat_start")  # absent in older checkpoints
         else:  # another evaluator: its accuracies do not compare with this run's
             budget = state.get("eval_tokens", "the training budget's")  # older checkpoints: that one
             print(f"warning: the checkpoint's held-out accuracies were measured with {budget} new tokens, "

@@ -32,8 +32,8 @@ from distrl.generation.base import vllm_device
 from distrl.precision import GAP_LIMITS
 from distrl.plot import draw as draw_plots
 from distrl.rewards.pool import RewardPool
-from launch.guards import (count_bad_update, count_cut_steps, count_eval_drop, count_flat_steps, count_gap_breach,
-                           split_gap)
+from launch.guards import (check_eval_loops, count_bad_update, count_cut_steps, count_eval_drop, count_flat_steps,
+                           count_gap_breach, count_loop_steps, split_gap)
 from launch.cluster import Actors
 from launch.learner_group import LearnerGroup
 from launch.learning_signal import learning_signal
@@ -63,7 +63,9 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
         self.weights_ref = None  # the learner's newest published weights
         self.gen_weights_ref = None  # the weights the generators hold (or are loading)
         self.generator_restarts = self.bad_steps = self.gap_breaches = 0
-        self.eval_drops = self.flat_steps = self.cut_steps = 0  # the learning-health warnings' counts
+        self.eval_drops = self.flat_steps = self.cut_steps = self.loop_steps = 0  # the learning-health warnings' counts
+        self.eval_repeat_warned = False
+        self.eval_repeat_start: float | None = None  # step 0's eval_repeat_frac
         self.started = time.perf_counter()  # train() restarts it; the clock of --time_budget_s
         self.budget_spent = False
         self.gap_limit = cfg.run.max_logprob_gap or GAP_LIMITS.get(cfg.model.dtype, GAP_LIMITS["bfloat16"])
@@ -143,10 +145,10 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
             raise RuntimeError(f"step {step}: every rollout was older than --async_staleness allows")
         groups = [groups[p] for p in keep]
         rows = [self.setup.train_rows[batch.indices[p]] for p in keep]
-        rewards, stats, copies = self._rewards(rows, groups)
+        rewards, stats, copies, loops = self._rewards(rows, groups)
         return Round(groups, rows, rewards, stats.errors, stats.timeouts, staleness, t_gen - t0,
                      time.perf_counter() - t_gen, t_gen - batch.launched,
-                     sum(len(r.completion_ids) for g in groups for r in g), copies)
+                     sum(len(r.completion_ids) for g in groups for r in g), copies, loops)
 
     def _refill(self, step: int, first: Round) -> tuple[Round, int]:
         """--dynamic_sampling: sample fresh prompts until the batch holds --batch_size groups whose
@@ -171,7 +173,8 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
                        sum(x.reward_errors for x in rounds), sum(x.reward_timeouts for x in rounds),
                        [v for x in rounds for v in x.staleness], sum(x.gen_s for x in rounds),
                        sum(x.reward_s for x in rounds), sum(x.gen_wait for x in rounds),
-                       sum(x.tokens for x in rounds), torch.stack([rounds[r].copies[p] for r, p in kept]))
+                       sum(x.tokens for x in rounds), torch.stack([rounds[r].copies[p] for r, p in kept]),
+                       torch.stack([rounds[r].loops[p] for r, p in kept]))
         return merged, used
 
     def _sample_during_sync(self, step: int) -> bool:
@@ -221,6 +224,7 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
         metrics["samples_per_s"] = metrics["rollouts"] / metrics["step_s"]
         self.cut_steps = count_cut_steps(self.cut_steps, metrics["truncated_frac"], metrics["prompt_copy_frac"],
                                          step, cfg)
+        self.loop_steps = count_loop_steps(self.loop_steps, metrics["repeat_frac"], step, cfg)
         return metrics
 
     def _log_samples(self, step: int, rnd: Round) -> None:
@@ -266,7 +270,7 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
                "completion_len_mean": sum(len(r.completion_ids) for r in flat) / len(flat),
                **length_percentiles([len(r.completion_ids) for r in flat]),
                "truncated_frac": sum(r.finish_reason == "length" for r in flat) / len(flat),
-               "prompt_copy_frac": float(rnd.copies.mean()),
+               "prompt_copy_frac": float(rnd.copies.mean()), "repeat_frac": float(rnd.loops.mean()),
                "reward_errors": rnd.reward_errors, "reward_timeouts": rnd.reward_timeouts,
                "tokens_per_s": rnd.tokens / max(rnd.gen_wait, 1e-9),
                "staleness_mean": sum(rnd.staleness) / len(rnd.staleness), "staleness_max": max(rnd.staleness),
@@ -296,6 +300,10 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
                 self.evals[step], self.eval_cut[step] = metrics["eval_accuracy"], metrics["eval_truncated_frac"]
                 if 0 in self.evals:
                     self.eval_drops = count_eval_drop(self.eval_drops, self.evals[step], self.evals[0], step, cfg)
+                if self.eval_repeat_start is not None:
+                    self.eval_repeat_warned = check_eval_loops(self.eval_repeat_warned,
+                                                               metrics["eval_repeat_frac"], self.eval_repeat_start,
+                                                               step, cfg)
             if last or (cfg.run.save_every and step % cfg.run.save_every == 0):
                 metrics["save_s"] = self.save(step)
             self.log.write(metrics)
@@ -335,6 +343,7 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
         if self.setup.resume is None:
             first = self.evaluate()
             self.evals[0], self.eval_cut[0] = first["eval_accuracy"], first["eval_truncated_frac"]
+            self.eval_repeat_start = first["eval_repeat_frac"]
             self.log.write({"step": 0, "policy_version": 0, **first})
             self.dashboard.record({"step": 0, "policy_version": 0, **first})
             self.extra.record({"step": 0, **first})

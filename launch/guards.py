@@ -1,8 +1,8 @@
 """Checks on a run when something keeps going wrong step after step: updates skipped for
 non-finite numbers and generators whose log-probs drift from the learner's (each warns on every
 bad step and raises RunStopped at its limit), held-out accuracy that falls below where it
-started, steps that give the learner no signal at all, and steps whose completions are all cut
-off (warnings). The driver calls them and keeps the counts."""
+started, steps that give the learner no signal at all, steps whose completions are all cut
+off, and completions or held-out answers that loop (warnings). The driver calls them and keeps the counts."""
 
 from __future__ import annotations
 
@@ -137,3 +137,43 @@ def count_cut_steps(in_a_row: int, truncated_frac: float, prompt_copy_frac: floa
               f"{cfg.algo.beta:g}), and --resume from a checkpoint saved before that step ({kept} kept; "
               f"--keep_checkpoints 0 keeps all).", file=sys.stderr, flush=True)
     return in_a_row
+
+
+LOOP_STEPS, LOOP_FRAC = 5, 0.1
+
+
+def _loop_remedies(cfg: TrainConfig) -> str:
+    kept = f"the newest {cfg.run.keep_checkpoints} are" if cfg.run.keep_checkpoints else "all are"
+    return (f"Answers that loop run to the token budget (--max_new_tokens {cfg.sampling.max_new_tokens}) and are "
+            f"scored on whatever number the loop ends with; read samples.jsonl. Nothing in the reward teaches the "
+            f"model to stop after its answer: lower --lr (now {cfg.algo.lr:g}) or raise the KL anchor --beta (now "
+            f"{cfg.algo.beta:g}), and --resume from a checkpoint saved before it began ({kept} kept; "
+            f"--keep_checkpoints 0 keeps all).")
+
+
+def count_loop_steps(in_a_row: int, repeat_frac: float, step: int, cfg: TrainConfig) -> int:
+    """Steps in a row where at least LOOP_FRAC of the training completions repeat one of their own
+    lines three times or more (repeat_frac), after this one; at LOOP_STEPS it warns once: a policy
+    degenerating into loops (e.g. "####" line after line) on a task it almost never gets right
+    loses accuracy that the held-out check cannot see when step 0 scored 0, silently otherwise."""
+    if repeat_frac < LOOP_FRAC:
+        return 0
+    in_a_row += 1
+    if in_a_row == LOOP_STEPS:
+        print(f"warning: step {step}: {in_a_row} steps in a row (since step {step - in_a_row + 1}) where at least "
+              f"{LOOP_FRAC:.0%} of the training completions (now {repeat_frac:.0%}) repeat one of their own lines 3 "
+              f"or more times (repeat_frac): the policy is degenerating into loops. "
+              + _loop_remedies(cfg), file=sys.stderr, flush=True)
+    return in_a_row
+
+
+def check_eval_loops(warned: bool, repeat_frac: float, start: float, step: int, cfg: TrainConfig) -> bool:
+    """Whether the held-out loop warning has been given, after this evaluation: it warns once when
+    at least LOOP_FRAC more of the greedy held-out answers repeat one of their lines 3 or more times
+    than at step 0 (eval_repeat_frac)."""
+    if warned or repeat_frac < start + LOOP_FRAC:
+        return warned
+    print(f"warning: step {step}: {repeat_frac:.0%} of the held-out answers repeat one of their own lines 3 or "
+          f"more times (eval_repeat_frac; step 0: {start:.0%}): the policy is degenerating into loops. "
+          + _loop_remedies(cfg), file=sys.stderr, flush=True)
+    return True

@@ -42,6 +42,7 @@ class Round:
     gen_wait: float  # from launch to the last rollout (async batches launch a step early)
     tokens: int  # completion tokens generated
     copies: torch.Tensor  # (P, G): 1.0 where the completion restates its prompt (repeats_prompt)
+    loops: torch.Tensor  # (P, G): 1.0 where the completion repeats one of its lines (repeats_itself)
 
 
 def length_percentiles(lengths: list[int]) -> dict[str, float]:

@@ -11,7 +11,7 @@ import torch
 
 from distrl.data.datasets import FILE_ROW
 from distrl.generation import Rollout, SamplingParams
-from distrl.rewards.answers import repeats_prompt
+from distrl.rewards.answers import repeats_itself, repeats_prompt
 from distrl.rewards.pool import RewardPool, RewardStats
 
 
@@ -39,9 +39,10 @@ class Scoring:
                                f"{stats.first_traceback or 'timeout'}")
         return scores, stats
 
-    def _rewards(self, rows: list[dict], groups: list[list[Rollout]]) -> tuple[torch.Tensor, RewardStats, torch.Tensor]:
-        """`(P, G)` rewards and `(P, G)` prompt copies (1.0 where a completion restates its
-        prompt); completions decoded without special tokens."""
+    def _rewards(self, rows: list[dict], groups: list[list[Rollout]]
+                 ) -> tuple[torch.Tensor, RewardStats, torch.Tensor, torch.Tensor]:
+        """`(P, G)` rewards, prompt copies (1.0 where a completion restates its prompt) and loops
+        (1.0 where it repeats one of its own lines); completions decoded without special tokens."""
         flat_rows = [row for row, g in zip(rows, groups) for _ in g]
         completions = [self.tokenizer.decode(r.completion_ids, skip_special_tokens=True)
                        for g in groups for r in g]
@@ -49,7 +50,9 @@ class Scoring:
         columns = _columns(flat_rows)
         scores, stats = self._score(self.rewards, prompts, completions, columns)
         copies = [float(repeats_prompt(p, c)) for p, c in zip(prompts, completions)]
-        return torch.tensor(scores).view(len(groups), -1), stats, torch.tensor(copies).view(len(groups), -1)
+        loops = [float(repeats_itself(c)) for c in completions]
+        return (torch.tensor(scores).view(len(groups), -1), stats, torch.tensor(copies).view(len(groups), -1),
+                torch.tensor(loops).view(len(groups), -1))
 
     def evaluate(self) -> dict[str, float]:
         """On the held-out prompts, with the learner's newest weights (a sync out of turn when
@@ -60,23 +63,24 @@ class Scoring:
         cfg, rows = self.cfg, self.setup.eval_rows
         prompts = [self._encode(rows, i) for i in range(len(rows))]
         greedy = SamplingParams(n=1, max_new_tokens=cfg.sampling.eval_tokens, greedy=True)
-        correct, lengths, cut = self._eval_pass(prompts, greedy)
+        correct, lengths, cut, loops = self._eval_pass(prompts, greedy)
         out = {"eval_accuracy": sum(1.0 for c in correct if c > 0.5) / len(correct),
-               "eval_len_mean": sum(lengths) / len(lengths), "eval_truncated_frac": cut}
+               "eval_len_mean": sum(lengths) / len(lengths), "eval_truncated_frac": cut,
+               "eval_repeat_frac": loops}
         if cfg.run.eval_samples:
             k = cfg.run.eval_samples
             sampled = SamplingParams(n=k, max_new_tokens=cfg.sampling.eval_tokens,
                                      temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
                                      seed=cfg.run.seed * 100_003 + 99_991)
-            correct, _, _ = self._eval_pass(prompts, sampled)
+            correct, _, _, _ = self._eval_pass(prompts, sampled)
             hits = [any(c > 0.5 for c in correct[i * k:(i + 1) * k]) for i in range(len(prompts))]
             out["eval_pass_at_k"] = sum(hits) / len(hits)
         return out
 
     def _eval_pass(self, prompts: list[list[int]],
-                   sampling: SamplingParams) -> tuple[list[float], list[int], float]:
+                   sampling: SamplingParams) -> tuple[list[float], list[int], float, float]:
         """Main-reward scores and completion lengths of every held-out completion, flat, in order,
-        and the fraction cut off at the token budget."""
+        the fraction cut off at the token budget, and the fraction that repeat one of their lines."""
         rows = self.setup.eval_rows
         share = 0 if self.actors.generators else len(prompts)
         groups = self._generate(prompts, sampling, learner_share=share)
@@ -88,4 +92,5 @@ class Scoring:
             print(f"warning: evaluation scored {stats.errors} reward errors and {stats.timeouts} "
                   "timeouts as --reward_default", file=sys.stderr, flush=True)
         flat = [r for g in groups for r in g]
-        return scores, [len(r.completion_ids) for r in flat], sum(r.finish_reason == "length" for r in flat) / len(flat)
+        cut = sum(r.finish_reason == "length" for r in flat) / len(flat)
+        return scores, [len(r.completion_ids) for r in flat], cut, sum(map(repeats_itself, completions)) / len(completions)

@@ -75,6 +75,19 @@ def test_repeats_prompt_flags_a_restated_question_not_an_answer():
     assert repeats_prompt("What is 2?", "what is 2")  # a prompt shorter than the span: all of it
 
 
+def test_repeats_itself_flags_a_looping_answer_not_a_worked_one():
+    from distrl.rewards.answers import repeats_itself
+
+    # What gsm_format's answers degenerated into (bench/results/gsm_format, seed 1 at 7e8129c).
+    looped = ("A bakery bakes 25 loaves every day and sells all but 2 of them, so it sells 25 * 2 = 50 "
+              "loaves of bread.\n####\n####\n####\n####\n####")
+    assert repeats_itself(looped)
+    assert repeats_itself("It sells 19 * 7 = 144.\n#### \n#### \n####\n")  # whitespace ignored
+    assert not repeats_itself("#### 23\n#### 23")  # twice is not a loop
+    worked = "77 - 13 = 64\n64 - 10 = 54\n\n#### 54"
+    assert not repeats_itself(worked) and not repeats_itself("54")
+
+
 def test_math_verify_reward_checks_equivalence():
     got = math_verify_reward(["", "", ""], ["so $\\frac{1}{2}$", "0.5", "$\\frac{1}{3}$"], answer=["0.5", "1/2", "0.5"])
     assert got == [1.0, 1.0, 0.0]

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED = {"step", "policy_version", "reward_mean", "reward_std", "accuracy", "loss", "kl", "clip_frac",
-            "logprob_gap", "completion_len_mean", "truncated_frac", "frac_zero_std", "prompt_copy_frac", "gen_s", "reward_s", "ref_s",
+            "logprob_gap", "completion_len_mean", "truncated_frac", "frac_zero_std", "prompt_copy_frac", "repeat_frac", "gen_s", "reward_s", "ref_s",
             "train_s", "sync_s", "step_s", "tokens_per_s"}
 
 
@@ -44,6 +44,7 @@ def test_two_steps_full_finetune_with_reference_actor(tiny_model_dir, tmp_path):
     # Evaluation samples on its own budget (48), not training's 8; the untrained tiny model seldom
     # stops, so its answers run long and most are cut off at that budget.
     assert 8 < lines[0]["eval_len_mean"] <= 48 and lines[0]["eval_truncated_frac"] > 0.5
+    assert 0.0 <= lines[0]["eval_repeat_frac"] <= 1.0
     assert re.search(r"held-out accuracy: .* \(greedy, 48 new tokens; cut off at the budget: \d+% -> \d+%\)",
                      proc.stdout), proc.stdout
     steps = lines[1:]

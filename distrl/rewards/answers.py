@@ -119,6 +119,21 @@ def repeats_prompt(prompt: str, completion: str, span: int = 5) -> bool:
     return any(tuple(said[i:i + n]) in prompt_spans for i in range(len(said) - n + 1))
 
 
+def repeats_itself(completion: str, times: int = 3) -> bool:
+    """Whether the completion has fallen into a loop: one of its lines (whitespace ignored) occurs
+    `times` times or more. A health signal, not a reward: a policy rewarded for an answer line
+    ("#### 12") with nothing that teaches it to stop can learn to repeat that line until the token
+    budget cuts it off, and then repeats it without the answer."""
+    seen: dict[str, int] = {}
+    for line in completion.splitlines():
+        line = line.strip()
+        if line:
+            seen[line] = seen.get(line, 0) + 1
+            if seen[line] >= times:
+                return True
+    return False
+
+
 def math_verify_reward(prompts: Sequence[str], completions: Sequence[str], answer: Sequence[Any],
                        **_: Any) -> list[float]:
     """1.0 when math-verify finds the completion's answer equivalent to the reference."""

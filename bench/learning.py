@@ -146,7 +146,8 @@ def run_distrl(system: str, family: str, seed: int, budget_s: float, split: str,
     return {"model": os.path.join(out, name, "final"), "steps": len(steps), "train_s": train_s,
             "samples_per_s": sum(m["rollouts"] for m in steps) / train_s,
             "truncated_frac": statistics.mean(m["truncated_frac"] for m in steps),
-            "prompt_copy_frac_end": steps[-1]["prompt_copy_frac"], "repeat_frac_end": steps[-1]["repeat_frac"]}
+            "prompt_copy_frac_end": steps[-1]["prompt_copy_frac"], "repeat_frac_end": steps[-1]["repeat_frac"],
+            "warnings": [line for line in proc.stderr.splitlines() if line.startswith("warning:")]}
 
 
 def trl_python() -> str:

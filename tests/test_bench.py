@@ -98,6 +98,7 @@ def test_learning_bench_trains_both_systems_scores_them_once_and_reuses_stored_r
     assert run["steps"] >= 1 and 0.0 <= run["accuracy"] <= 1.0 and run["system"] == "trl"
     ours = json.loads((tmp_path / "results" / "word" / next(f for f in stored if f.startswith("distrl-"))).read_text())
     assert 0.0 <= ours["loop_frac"] <= 1.0 and 0.0 <= ours["repeat_frac_end"] <= 1.0  # answers that loop
+    assert isinstance(ours["warnings"], list)  # the run's learning-health warnings, kept with its row
     (distrl_run,) = [d for d in (tmp_path / "out").iterdir() if "-distrl-" in d.name]
     # scored from final/; the run's checkpoint (1.8 GB for the embedded model) is not kept
     assert (distrl_run / "final").is_dir() and not (distrl_run / "checkpoints").exists()

@@ -22,6 +22,8 @@ its budget bought another amount of training), and reused:
 a bench that was interrupted picks up where it stopped, `--only FAMILY` runs one family and
 prints the table of every family stored for the same keys. Each row: family, system, accuracy
 before and after, gain in points, optimizer steps, samples (completions) per second of training.
+A stored distrl run also keeps the learning-health warnings its run printed (`warnings`) and the
+share of the evaluator's answers that loop (`loop_frac`).
 Last line, with --vs_trl (the worst family is the lowest mean over seeds):
 `distrl-trl gain = +X.X points (worst family), distrl gain = +Y.Y points (worst family)`.
 300 problems per split: one problem is 0.33 points, and differences under ~5 points are noise.

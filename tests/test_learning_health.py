@@ -5,6 +5,17 @@ from launch.guards import (CUT_STEPS, FLAT_STEPS, LOOP_FRAC, LOOP_STEPS, check_e
                            count_eval_drop, count_flat_steps, count_loop_steps)
 
 
+def streak_warning(count, limit: int, capsys) -> tuple[int, str]:
+    """Run a step counter (`count(in_a_row, step)`) over steps 1..limit of one streak: silent before
+    the limit; returns the count and what it printed at the limit."""
+    n = 0
+    for step in range(1, limit):
+        n = count(n, step)
+    assert n == limit - 1 and capsys.readouterr().err == ""
+    n = count(n, limit)
+    return n, capsys.readouterr().err
+
+
 def test_accuracy_below_the_start_twice_in_a_row_warns_once_naming_the_causes(capsys):
     cfg = parse_args(["--max_new_tokens", "16"])
     n = count_eval_drop(0, 0.06, 0.105, step=10, cfg=cfg)
@@ -19,12 +30,7 @@ def test_accuracy_below_the_start_twice_in_a_row_warns_once_naming_the_causes(ca
 
 def test_steps_without_any_signal_warn_once_naming_the_remedies(capsys):
     cfg = parse_args([])
-    n = 0
-    for step in range(1, FLAT_STEPS):
-        n = count_flat_steps(n, 1.0, step, cfg)
-    assert n == FLAT_STEPS - 1 and capsys.readouterr().err == ""
-    n = count_flat_steps(n, 1.0, FLAT_STEPS, cfg)
-    err = capsys.readouterr().err
+    n, err = streak_warning(lambda n, step: count_flat_steps(n, 1.0, step, cfg), FLAT_STEPS, capsys)
     assert f"{FLAT_STEPS} steps in a row without any reward difference" in err
     assert "--reward numeric the model may never be right yet" in err and "--reward numeric_digits" in err
     assert count_flat_steps(n, 1.0, FLAT_STEPS + 1, cfg) == FLAT_STEPS + 1 and capsys.readouterr().err == ""
@@ -33,12 +39,7 @@ def test_steps_without_any_signal_warn_once_naming_the_remedies(capsys):
 
 def test_steps_whose_completions_are_all_cut_off_warn_once_naming_the_budget(capsys):
     cfg = parse_args([])
-    n = 0
-    for step in range(1, CUT_STEPS):
-        n = count_cut_steps(n, 1.0, 0.8, step, cfg)
-    assert n == CUT_STEPS - 1 and capsys.readouterr().err == ""
-    n = count_cut_steps(n, 1.0, 0.8, CUT_STEPS, cfg)
-    err = capsys.readouterr().err
+    n, err = streak_warning(lambda n, step: count_cut_steps(n, 1.0, 0.8, step, cfg), CUT_STEPS, capsys)
     assert f"{CUT_STEPS} steps in a row (since step 1) where every training completion was cut off at " \
            "--max_new_tokens 48" in err
     assert "prompt_copy_frac 0.80" in err and "eval_truncated_frac" in err and "bench/learning.py --lengths" in err
@@ -49,12 +50,7 @@ def test_steps_whose_completions_are_all_cut_off_warn_once_naming_the_budget(cap
 
 def test_training_completions_that_loop_warn_once_naming_the_remedies(capsys):
     cfg = parse_args([])
-    n = 0
-    for step in range(1, LOOP_STEPS):
-        n = count_loop_steps(n, 0.25, step, cfg)
-    assert n == LOOP_STEPS - 1 and capsys.readouterr().err == ""
-    n = count_loop_steps(n, 0.25, LOOP_STEPS, cfg)
-    err = capsys.readouterr().err
+    n, err = streak_warning(lambda n, step: count_loop_steps(n, 0.25, step, cfg), LOOP_STEPS, capsys)
     assert f"{LOOP_STEPS} steps in a row (since step 1) where at least 10% of the training completions (now 25%) " \
            "repeat one of their own lines" in err
     assert "degenerating into loops" in err and "--lr (now 1e-05)" in err and "--beta (now 0)" in err

@@ -116,6 +116,13 @@ def count_flat_steps(in_a_row: int, frac_zero_std: float, step: int, cfg: TrainC
 CUT_STEPS = 5
 
 
+def _drift_remedies(cfg: TrainConfig, since: str) -> str:
+    """What to do about a policy that has drifted into a bad habit (cut-off or looping answers)."""
+    kept = f"the newest {cfg.run.keep_checkpoints} are" if cfg.run.keep_checkpoints else "all are"
+    return (f"lower --lr (now {cfg.algo.lr:g}) or raise the KL anchor --beta (now {cfg.algo.beta:g}), and "
+            f"--resume from a checkpoint saved before {since} ({kept} kept; --keep_checkpoints 0 keeps all).")
+
+
 def count_cut_steps(in_a_row: int, truncated_frac: float, prompt_copy_frac: float, step: int,
                     cfg: TrainConfig) -> int:
     """Steps in a row where every training completion was cut off at --max_new_tokens, after this
@@ -126,16 +133,13 @@ def count_cut_steps(in_a_row: int, truncated_frac: float, prompt_copy_frac: floa
         return 0
     in_a_row += 1
     if in_a_row == CUT_STEPS:
-        kept = f"the newest {cfg.run.keep_checkpoints} are" if cfg.run.keep_checkpoints else "all are"
         print(f"warning: step {step}: {in_a_row} steps in a row (since step {step - in_a_row + 1}) where every "
               f"training completion was cut off at --max_new_tokens {cfg.sampling.max_new_tokens} (truncated_frac "
               f"1.0; prompt_copy_frac {prompt_copy_frac:.2f}): no answer is finished, so the reward reads numbers "
               f"out of unfinished text. If the untrained model did not finish either (eval_truncated_frac and "
               f"eval_len_mean at step 0 in metrics.jsonl; for a built-in task, python bench/learning.py --lengths), "
               f"the budget is too short for this task: raise --max_new_tokens. If it did, it has learned to run on "
-              f"(read samples.jsonl): lower --lr (now {cfg.algo.lr:g}) or raise the KL anchor --beta (now "
-              f"{cfg.algo.beta:g}), and --resume from a checkpoint saved before that step ({kept} kept; "
-              f"--keep_checkpoints 0 keeps all).", file=sys.stderr, flush=True)
+              "(read samples.jsonl): " + _drift_remedies(cfg, "that step"), file=sys.stderr, flush=True)
     return in_a_row
 
 
@@ -143,12 +147,9 @@ LOOP_STEPS, LOOP_FRAC = 5, 0.1
 
 
 def _loop_remedies(cfg: TrainConfig) -> str:
-    kept = f"the newest {cfg.run.keep_checkpoints} are" if cfg.run.keep_checkpoints else "all are"
     return (f"Answers that loop run to the token budget (--max_new_tokens {cfg.sampling.max_new_tokens}) and are "
             f"scored on whatever number the loop ends with; read samples.jsonl. Nothing in the reward teaches the "
-            f"model to stop after its answer: lower --lr (now {cfg.algo.lr:g}) or raise the KL anchor --beta (now "
-            f"{cfg.algo.beta:g}), and --resume from a checkpoint saved before it began ({kept} kept; "
-            f"--keep_checkpoints 0 keeps all).")
+            "model to stop after its answer: " + _drift_remedies(cfg, "it began"))
 
 
 def count_loop_steps(in_a_row: int, repeat_frac: float, step: int, cfg: TrainConfig) -> int:

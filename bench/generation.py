@@ -11,7 +11,7 @@ completion tokens/s and the seconds the whole batch took per side, and last:
 `--record` stores the tokens/s per dtype in distrl/generation/measured_speed.json, under the
 model's shape: `--backend auto` on CPU picks vllm for a model only where this measured it faster.
 
-    python bench/generation.py [--model smollm2-135m-instruct] [--prompts 64] [--n 8] [--record]
+    python bench/generation.py [--model smollm2-135m-instruct] [--prompts 64] [--batches 1] [--n 8] [--record]
 """
 
 from __future__ import annotations
@@ -67,6 +67,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--max_new_tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batches", type=int, default=1, help="time this many calls of --prompts each (a training "
+                    "step's shape: --prompts 4 --batches 6)")
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--backends", default="hf,vllm", help="of hf, vllm, vllm_compiled")
     ap.add_argument("--record", action="store_true", help="store tokens/s in " + SPEED_RECORD)
@@ -76,18 +78,19 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")  # vLLM's weight engine reads the object store
     path = resolve_model(args.model)
     tokenizer = load_tokenizer(path)
-    rows = load_splits(DataConfig(), seed=0)[0][: args.prompts]
+    rows = load_splits(DataConfig(), seed=0)[0][: args.prompts * args.batches]
     prompts = [encode_prompt(tokenizer, r["prompt"]) for r in rows]
     sampling = SamplingParams(n=args.n, max_new_tokens=args.max_new_tokens, temperature=1.0, seed=1)
     warm = SamplingParams(n=2, max_new_tokens=8, temperature=1.0, seed=2)
-    print(f"{args.model}: {len(prompts)} prompts x {args.n} samples, <= {args.max_new_tokens} new tokens, "
+    print(f"{args.model}: {args.batches} x {args.prompts} prompts x {args.n} samples, <= {args.max_new_tokens} new tokens, "
           f"temperature 1.0, {args.threads} torch thread(s) per side", flush=True)
     results: dict[tuple[str, str], dict] = {}
     for dtype in args.dtypes.split(","):
         for kind in args.backends.split(","):
             backend, startup = build(kind, path, dtype, args.threads)
             measure(backend, prompts[:2], warm)
-            seconds, tokens = measure(backend, prompts, sampling)
+            seconds, tokens = map(sum, zip(*(measure(backend, prompts[i:i + args.prompts], sampling)
+                                             for i in range(0, len(prompts), args.prompts))))
             results[(kind, dtype)] = dict(tokens_per_s=tokens / seconds, gen_s=seconds, tokens=tokens,
                                           startup_s=startup)
             print(f"  {kind:4s} {dtype:8s} {tokens / seconds:7.1f} tokens/s  {seconds:6.1f} s for the batch "
@@ -97,7 +100,7 @@ def main() -> None:
             del backend
             gc.collect()
     print()
-    print(f"| backend | dtype | completion tokens/s | gen_s ({len(prompts)}x{args.n}) | start-up s |")
+    print(f"| backend | dtype | completion tokens/s | gen_s ({args.batches}x{args.prompts}x{args.n}) | start-up s |")
     print("|---|---|---|---|---|")
     for (kind, dtype), r in results.items():
         print(f"| {kind} | {dtype} | {r['tokens_per_s']:.1f} | {r['gen_s']:.1f} | {r['startup_s']:.1f} |")

@@ -269,6 +269,10 @@ class RunConfig:
                                     "the batch with fresh prompts, at most --max_sampling_rounds "
                                     "generation rounds per step (synchronous mode only).")
     max_sampling_rounds: int = _field(3, "With --dynamic_sampling: generation rounds per step at most.")
+    replay_prompts: int = _field(0, "Prompts per step sampled again from recent steps' groups that had a "
+                                 "learning signal (some rewards differed), newest first, each at most twice; "
+                                 "the rest of the batch comes from the data as usual. For tasks the model "
+                                 "seldom gets right, where most groups are all wrong. 0 = off.")
     eval_samples: int = _field(0, "Also sample this many completions per held-out prompt at "
                                "--temperature and report pass@k (k = this) as eval_pass_at_k; 0 = off.")
     backend: str = _field("auto", "Generation backend: auto (vllm when installed, on CPU only where "
@@ -363,6 +367,9 @@ class RunConfig:
                               "set --number_of_actors 1")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError(f"--gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if not 0 <= self.replay_prompts < self.batch_size:
+            raise ConfigError(f"--replay_prompts must be in [0, --batch_size) so each step draws a fresh prompt, "
+                              f"got {self.replay_prompts} with --batch_size {self.batch_size}")
         if self.vllm_kv_cache_gb <= 0:
             raise ConfigError(f"--vllm_kv_cache_gb must be > 0, got {self.vllm_kv_cache_gb}")
         if self.gpus_per_actor < 1:

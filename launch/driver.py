@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from distrl import checkpoint
-from distrl.algorithms.shaping import fill_with_informative
+from distrl.algorithms.shaping import fill_with_informative, informative_groups
 from distrl.config import ConfigError, TrainConfig
 from distrl.data import PromptSampler
 from distrl.data.prompts import encode_prompt
@@ -39,6 +39,7 @@ from launch.learner_group import LearnerGroup
 from launch.learning_signal import learning_signal
 from launch.metrics import DashboardMetrics, ExtraLogs, MetricsLog, gap_summary, step_line
 from launch.preflight import Setup
+from launch.replay import ReplayQueue
 from launch.rounds import Batch, Round, length_percentiles
 from launch.checkpointing import Checkpointing
 from launch.fleet import GeneratorFleet
@@ -56,6 +57,8 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
         self.learners = LearnerGroup(actors.learners or [actors.learner], cfg.run.fsdp)
         self.tokenizer = setup.tokenizer
         self.sampler = PromptSampler(len(setup.train_rows), cfg.run.seed)
+        self.replay = ReplayQueue(cfg.run.replay_prompts)
+        self.replay_state = self.replay.state()  # the queue after the newest step's offer (checkpoints)
         # Prompts per step the learner samples itself (auto resolved as preflight printed it).
         self.learner_chunk = cfg.run.learner_chunk(setup.backend, vllm_device(cfg.run.num_gpus_per_actor))[0]
         self.policy_version = 0  # the learner's
@@ -105,7 +108,8 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
     # -- the loop ---------------------------------------------------------------------
     def _new_batch(self, step: int) -> Batch:
         cfg, indices = self.cfg, []
-        while len(indices) < cfg.run.batch_size:  # over-long prompts are skipped, counted once
+        replays = self.replay.take(fits=lambda i: len(self._prompt_ids(i)) <= cfg.data.max_prompt_tokens)
+        while len(indices) < cfg.run.batch_size - len(replays):  # over-long prompts are skipped, counted once
             (i,) = self.sampler.next_batch(1)
             if len(self._prompt_ids(i)) <= cfg.data.max_prompt_tokens:
                 indices.append(i)
@@ -117,8 +121,9 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
         sampling = SamplingParams(n=cfg.run.num_candidates, max_new_tokens=cfg.sampling.max_new_tokens,
                                   temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
                                   seed=cfg.run.seed * 100_003 + step)
+        indices += replays
         return Batch(step, indices, [self._prompt_ids(i) for i in indices], sampling, self.learner_chunk,
-                     data_position=(self.sampler.epoch, self.sampler.position))
+                     data_position=(self.sampler.epoch, self.sampler.position), replays=len(replays))
 
     def _launch_ahead(self, step: int) -> None:
         """Generators run `pipeline_depth` batches ahead of the learner (0: in lockstep with it),
@@ -146,9 +151,11 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
         groups = [groups[p] for p in keep]
         rows = [self.setup.train_rows[batch.indices[p]] for p in keep]
         rewards, stats, copies, loops = self._rewards(rows, groups)
+        first_replay = len(batch.indices) - batch.replays
         return Round(groups, rows, rewards, stats.errors, stats.timeouts, staleness, t_gen - t0,
                      time.perf_counter() - t_gen, t_gen - batch.launched,
-                     sum(len(r.completion_ids) for g in groups for r in g), copies, loops)
+                     sum(len(r.completion_ids) for g in groups for r in g), copies, loops,
+                     [batch.indices[p] for p in keep], [p >= first_replay for p in keep])
 
     def _refill(self, step: int, first: Round) -> tuple[Round, int]:
         """--dynamic_sampling: sample fresh prompts until the batch holds --batch_size groups whose
@@ -174,8 +181,23 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
                        [v for x in rounds for v in x.staleness], sum(x.gen_s for x in rounds),
                        sum(x.reward_s for x in rounds), sum(x.gen_wait for x in rounds),
                        sum(x.tokens for x in rounds), torch.stack([rounds[r].copies[p] for r, p in kept]),
-                       torch.stack([rounds[r].loops[p] for r, p in kept]))
+                       torch.stack([rounds[r].loops[p] for r, p in kept]), [rounds[r].indices[p] for r, p in kept],
+                       [rounds[r].replayed[p] for r, p in kept])
         return merged, used
+
+    def _offer_replays(self, rnd: Round) -> dict[str, float]:
+        """--replay_prompts: queue the prompts whose groups have signal; the step's replay metrics
+        (how many of its prompts were replays, and the share of those whose group had signal)."""
+        if not self.cfg.run.replay_prompts:
+            return {}
+        signal = informative_groups(rnd.rewards, max(self.cfg.algo.std_floor, self.cfg.algo.min_group_std)).tolist()
+        self.replay.offer(rnd.indices, signal)
+        # A checkpoint of this step keeps the queue as it is now: the learner may draw the next
+        # batch's prompts from it during the sync, and a resumed run draws them again.
+        self.replay_state = self.replay.state()
+        replayed = [s for s, r in zip(signal, rnd.replayed) if r]
+        return {"replayed_prompts": float(len(replayed)),
+                "replay_signal_frac": sum(replayed) / len(replayed) if replayed else 0.0}
 
     def _sample_during_sync(self, step: int) -> bool:
         """In lockstep, the learner samples its chunk of the next batch while the generators load
@@ -203,6 +225,7 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
         if cfg.run.dynamic_sampling:
             rnd, sampling_rounds = self._refill(step, rnd)
         t_reward = time.perf_counter()
+        replay_metrics = self._offer_replays(rnd)
         self._log_samples(step, rnd)
         rollouts, adv, ref_lp, extra = learning_signal(self.cfg, rnd.groups, rnd.rewards, self.actors.reference)
         self.flat_steps = count_flat_steps(self.flat_steps, extra["frac_zero_std"], step, cfg)
@@ -219,7 +242,8 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
         metrics = {"step": step, **self._metrics(rnd, train, gaps, extra), "gen_s": rnd.gen_s,
                    "reward_s": rnd.reward_s, "ref_s": t_ref - t_reward, "train_s": t_train - t_ref,
                    "learner_comm_s": train.get("comm_s", 0.0), "sync_s": sync_s,
-                   "rollouts_dropped": self.rollouts_dropped - dropped_before, "sampling_rounds": sampling_rounds}
+                   "rollouts_dropped": self.rollouts_dropped - dropped_before, "sampling_rounds": sampling_rounds,
+                   **replay_metrics}
         metrics["step_s"] = time.perf_counter() - t0
         metrics["samples_per_s"] = metrics["rollouts"] / metrics["step_s"]
         self.cut_steps = count_cut_steps(self.cut_steps, metrics["truncated_frac"], metrics["prompt_copy_frac"],

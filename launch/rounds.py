@@ -24,6 +24,7 @@ class Batch:
     refs: dict[int, Any] = dataclasses.field(default_factory=dict)  # worker (0 = learner) -> ref
     calls: dict[int, tuple] = dataclasses.field(default_factory=dict)  # worker -> generate() args
     data_position: tuple[int, int] = (0, 0)  # the sampler's (epoch, position) after this batch
+    replays: int = 0  # the last `replays` prompts are replayed ones (--replay_prompts)
     launched: float = dataclasses.field(default_factory=time.perf_counter)
 
 
@@ -43,6 +44,8 @@ class Round:
     tokens: int  # completion tokens generated
     copies: torch.Tensor  # (P, G): 1.0 where the completion restates its prompt (repeats_prompt)
     loops: torch.Tensor  # (P, G): 1.0 where the completion repeats one of its lines (repeats_itself)
+    indices: list[int] = dataclasses.field(default_factory=list)  # (P,) training-row index of each group
+    replayed: list[bool] = dataclasses.field(default_factory=list)  # (P,) the prompt was a replay
 
 
 def length_percentiles(lengths: list[int]) -> dict[str, float]:

@@ -184,3 +184,26 @@ def test_reinforce_pp_with_kl_in_reward_and_no_groups(tiny_model_dir, tmp_path):
     # Update 0 is the reference itself; after one update the policy has moved away from it.
     assert abs(steps[0]["kl_reward_penalty_mean"]) < 1e-4 < abs(steps[1]["kl_reward_penalty_mean"])
     assert all(m["entropy"] > 0 and m["logprob_gap"] < 1e-4 for m in steps)
+
+
+def test_replay_samples_again_the_prompts_whose_groups_had_signal(tiny_model_dir, tmp_path):
+    """--replay_prompts 2: from step 2 on, the last 2 prompts of each batch are prompts of earlier
+    steps whose rewards differed (ones_fraction: nearly every group), and the checkpoint keeps the
+    queue for --resume."""
+    proc = train(tiny_run_args(tiny_model_dir, "--replay_prompts", "2", "--max_steps", "3", "--log_samples", "4",
+                               "--save_every", "3"), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = read_metrics(tmp_path)[1:]
+    assert [m["replayed_prompts"] for m in steps] == [0, 2, 2]
+    assert all(0.0 <= m["replay_signal_frac"] <= 1.0 for m in steps)
+    with open(tmp_path / "run" / "samples.jsonl") as f:
+        prompts: dict[int, list[str]] = {}
+        for line in f:
+            row = json.loads(line)
+            prompts.setdefault(row["step"], []).append(row["prompt"])
+    for step in (2, 3):
+        earlier = [p for s in range(1, step) for p in prompts[s]]
+        assert set(prompts[step][2:]) <= set(earlier), (step, prompts)
+        assert not set(prompts[step][:2]) & set(earlier)  # the data order goes on as without replay
+    with open(tmp_path / "run" / "checkpoints" / "step-000003" / "trainer_state.json") as f:
+        assert sum(json.load(f)["replay"]["replays"].values()) == 4

@@ -74,3 +74,26 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_one(tiny_model_dir, tmp
     first_epoch = sorted(p for s in (1, 2, 3) for p in straight[s])
     assert first_epoch == sorted(sorted(p for s in (4, 5, 6) for p in straight[s]))  # a second epoch
     assert len(set(first_epoch)) == 12
+
+
+def test_a_resumed_run_replays_the_prompts_the_uninterrupted_one_replays(tiny_model_dir, tmp_path):
+    """--replay_prompts: the checkpoint keeps the replay queue, so a run killed after step 3's
+    checkpoint and resumed draws the same prompts, fresh and replayed, as one that ran straight to
+    step 5, and ends with the same weights. (The learner samples its chunk of step 4 during step
+    3's sync, from the queue as step 3 left it: the checkpoint must hold that queue, not what the
+    draw left of it.)"""
+    train = write_rows(tmp_path / "train.jsonl", [f"Say {i} ones" for i in range(40)])
+    common = ["--dataset", train, "--max_steps", "5", "--save_every", "3", "--seed", "3", "--replay_prompts", "2"]
+    code, out, err = Run(run_args(tiny_model_dir, tmp_path, "straight", *common)).finish()
+    assert code == 0, err[-3000:]
+    broken = Run(run_args(tiny_model_dir, tmp_path, "broken", *common), gate=tmp_path / "gate", gate_step=4)
+    broken.wait_at_gate()  # checkpoint 3 is written; step 4 has generated
+    broken.kill()
+    code, out, err = Run(run_args(tiny_model_dir, tmp_path, "broken", *common, "--resume", "auto")).finish()
+    assert code == 0, err[-3000:]
+    replayed = [m["replayed_prompts"] for m in metrics(tmp_path / "straight")[1:]]
+    assert replayed[:2] == [0, 2] and sum(replayed[3:]) > 0  # replays after the resume point too
+    assert _prompts_per_step(tmp_path / "straight") == _prompts_per_step(tmp_path / "broken")
+    a = load_file(tmp_path / "straight" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "broken" / "final" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

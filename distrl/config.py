@@ -270,9 +270,9 @@ class RunConfig:
                                     "generation rounds per step (synchronous mode only).")
     max_sampling_rounds: int = _field(3, "With --dynamic_sampling: generation rounds per step at most.")
     replay_prompts: int = _field(0, "Prompts per step sampled again from recent steps' groups that had a "
-                                 "learning signal (some rewards differed), newest first, each at most twice; "
-                                 "the rest of the batch comes from the data as usual. For tasks the model "
-                                 "seldom gets right, where most groups are all wrong. 0 = off.")
+                                 "learning signal (some rewards differed), newest first, each at most twice a run; "
+                                 "the rest of the batch comes from the data in its order. For tasks the model "
+                                 "seldom gets right, where most groups are all wrong (synchronous mode). 0 = off.")
     eval_samples: int = _field(0, "Also sample this many completions per held-out prompt at "
                                "--temperature and report pass@k (k = this) as eval_pass_at_k; 0 = off.")
     backend: str = _field("auto", "Generation backend: auto (vllm when installed, on CPU only where "
@@ -388,6 +388,9 @@ class RunConfig:
         if self.dynamic_sampling and self.async_staleness:
             raise ConfigError("--dynamic_sampling refills a step's batch before the update: it needs "
                               "synchronous mode (--async_staleness 0)")
+        if self.replay_prompts and (self.async_staleness or self.num_candidates < 2):
+            raise ConfigError("--replay_prompts draws again from the groups the last update scored: it needs "
+                              "synchronous mode (--async_staleness 0) and groups (--num_candidates >= 2)")
         if self.max_sampling_rounds < 1 or self.eval_samples < 0 or self.time_budget_s < 0:
             raise ConfigError("--max_sampling_rounds must be >= 1, --eval_samples and --time_budget_s >= 0")
         if self.stop_grace_s <= 0:

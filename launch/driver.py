@@ -39,7 +39,7 @@ from launch.learner_group import LearnerGroup
 from launch.learning_signal import learning_signal
 from launch.metrics import DashboardMetrics, ExtraLogs, MetricsLog, gap_summary, step_line
 from launch.preflight import Setup
-from launch.replay import ReplayQueue
+from launch.replay import ReplayQueue, replay_metrics
 from launch.rounds import Batch, Round, length_percentiles
 from launch.checkpointing import Checkpointing
 from launch.fleet import GeneratorFleet
@@ -106,10 +106,23 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
         return self._prompt_cache[index]
 
     # -- the loop ---------------------------------------------------------------------
-    def _new_batch(self, step: int) -> Batch:
+    def _new_batch(self, step: int, replay: bool = True) -> Batch:
+        """The step's prompts: up to --replay_prompts replays (not with `replay` False: dynamic
+        sampling's extra rounds draw fresh prompts only), the rest fresh from the data."""
+        cfg = self.cfg
+        fits = lambda i: len(self._prompt_ids(i)) <= cfg.data.max_prompt_tokens  # noqa: E731
+        indices, replays = (self.replay.batch(cfg.run.batch_size, self._fresh, fits) if replay
+                            else (self._fresh(cfg.run.batch_size), 0))
+        sampling = SamplingParams(n=cfg.run.num_candidates, max_new_tokens=cfg.sampling.max_new_tokens,
+                                  temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
+                                  seed=cfg.run.seed * 100_003 + step)
+        return Batch(step, indices, [self._prompt_ids(i) for i in indices], sampling, self.learner_chunk,
+                     data_position=(self.sampler.epoch, self.sampler.position), replays=replays)
+
+    def _fresh(self, count: int) -> list[int]:
+        """The data's next `count` prompts; over-long ones are skipped, counted once."""
         cfg, indices = self.cfg, []
-        replays = self.replay.take(fits=lambda i: len(self._prompt_ids(i)) <= cfg.data.max_prompt_tokens)
-        while len(indices) < cfg.run.batch_size - len(replays):  # over-long prompts are skipped, counted once
+        while len(indices) < count:
             (i,) = self.sampler.next_batch(1)
             if len(self._prompt_ids(i)) <= cfg.data.max_prompt_tokens:
                 indices.append(i)
@@ -118,12 +131,7 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
                 if len(self._too_long) == len(self.setup.train_rows):
                     raise ConfigError(f"every training prompt is longer than --max_prompt_tokens "
                                       f"{cfg.data.max_prompt_tokens}: raise it")
-        sampling = SamplingParams(n=cfg.run.num_candidates, max_new_tokens=cfg.sampling.max_new_tokens,
-                                  temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
-                                  seed=cfg.run.seed * 100_003 + step)
-        indices += replays
-        return Batch(step, indices, [self._prompt_ids(i) for i in indices], sampling, self.learner_chunk,
-                     data_position=(self.sampler.epoch, self.sampler.position), replays=len(replays))
+        return indices
 
     def _launch_ahead(self, step: int) -> None:
         """Generators run `pipeline_depth` batches ahead of the learner (0: in lockstep with it),
@@ -164,7 +172,7 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
 
         def next_round(r: int) -> tuple[list[tuple[int, int]], torch.Tensor]:
             if r > 0:
-                extra = self._new_batch(step)
+                extra = self._new_batch(step, replay=False)
                 extra.sampling = dataclasses.replace(extra.sampling, seed=extra.sampling.seed + 7919 * r)
                 self._launch(extra)
                 rounds.append(self._collect(step, extra))
@@ -185,19 +193,17 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
                        [rounds[r].replayed[p] for r, p in kept])
         return merged, used
 
-    def _offer_replays(self, rnd: Round) -> dict[str, float]:
-        """--replay_prompts: queue the prompts whose groups have signal; the step's replay metrics
-        (how many of its prompts were replays, and the share of those whose group had signal)."""
+    def _offer_replays(self, first: Round, final: Round) -> dict[str, float]:
+        """--replay_prompts: queue the prompts of the groups trained on that have signal; the
+        metrics of the replays, which all sit in the step's first round."""
         if not self.cfg.run.replay_prompts:
             return {}
-        signal = informative_groups(rnd.rewards, max(self.cfg.algo.std_floor, self.cfg.algo.min_group_std)).tolist()
-        self.replay.offer(rnd.indices, signal)
+        floor = max(self.cfg.algo.std_floor, self.cfg.algo.min_group_std)
+        self.replay.offer(final.indices, informative_groups(final.rewards, floor).tolist())
         # A checkpoint of this step keeps the queue as it is now: the learner may draw the next
         # batch's prompts from it during the sync, and a resumed run draws them again.
         self.replay_state = self.replay.state()
-        replayed = [s for s, r in zip(signal, rnd.replayed) if r]
-        return {"replayed_prompts": float(len(replayed)),
-                "replay_signal_frac": sum(replayed) / len(replayed) if replayed else 0.0}
+        return replay_metrics(informative_groups(first.rewards, floor).tolist(), first.replayed)
 
     def _sample_during_sync(self, step: int) -> bool:
         """In lockstep, the learner samples its chunk of the next batch while the generators load
@@ -220,12 +226,12 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
         batch = self._pending.pop(step)
         self.data_position = batch.data_position
         dropped_before = self.rollouts_dropped
-        rnd = self._collect(step, batch)  # generate and reward
+        first = rnd = self._collect(step, batch)  # generate and reward
         sampling_rounds = 1
         if cfg.run.dynamic_sampling:
             rnd, sampling_rounds = self._refill(step, rnd)
         t_reward = time.perf_counter()
-        replay_metrics = self._offer_replays(rnd)
+        replayed = self._offer_replays(first, rnd)
         self._log_samples(step, rnd)
         rollouts, adv, ref_lp, extra = learning_signal(self.cfg, rnd.groups, rnd.rewards, self.actors.reference)
         self.flat_steps = count_flat_steps(self.flat_steps, extra["frac_zero_std"], step, cfg)
@@ -243,7 +249,7 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
                    "reward_s": rnd.reward_s, "ref_s": t_ref - t_reward, "train_s": t_train - t_ref,
                    "learner_comm_s": train.get("comm_s", 0.0), "sync_s": sync_s,
                    "rollouts_dropped": self.rollouts_dropped - dropped_before, "sampling_rounds": sampling_rounds,
-                   **replay_metrics}
+                   **replayed}
         metrics["step_s"] = time.perf_counter() - t0
         metrics["samples_per_s"] = metrics["rollouts"] / metrics["step_s"]
         self.cut_steps = count_cut_steps(self.cut_steps, metrics["truncated_frac"], metrics["prompt_copy_frac"],

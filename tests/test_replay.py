@@ -3,7 +3,7 @@
 import pytest
 
 from distrl.config import ConfigError, RunConfig
-from launch.replay import CAPACITY, MAX_REPLAYS, ReplayQueue
+from launch.replay import CAPACITY, MAX_REPLAYS, ReplayQueue, replay_metrics
 
 
 def test_only_prompts_whose_group_had_signal_come_back_newest_first():
@@ -51,7 +51,30 @@ def test_off_queues_nothing_and_a_restored_queue_picks_up_where_it_was():
     assert empty.take() == []
 
 
-def test_replay_must_leave_a_fresh_prompt_in_every_batch():
+def test_a_batch_never_holds_a_queued_prompt_twice():
+    data = iter([5, 3, 9, 1, 8])  # a new epoch: the data draws 3, which is queued
+    queue = ReplayQueue(per_step=2)
+    queue.offer([3, 4], [True, True])
+    indices, replays = queue.batch(4, lambda n: [next(data) for _ in range(n)])
+    assert (indices, replays) == ([5, 3, 9, 4], 1)  # 3 once, fresh; 4 replayed; one more drawn
+    assert queue.replays == {3: 0, 4: 1}
+    for _ in range(MAX_REPLAYS):  # 3 was not replayed: it still may be, twice
+        queue.offer([3], [True])
+        assert queue.take() == [3]
+    queue.offer([3], [True])
+    assert queue.take() == []
+
+
+def test_replay_metrics_count_only_the_replayed_groups():
+    assert replay_metrics([True, False, True, False], [False, False, True, True]) == {
+        "replayed_prompts": 2.0, "replay_signal_frac": 0.5}
+    assert replay_metrics([True], [False]) == {"replayed_prompts": 0.0, "replay_signal_frac": 0.0}
+
+
+def test_replay_needs_a_fresh_prompt_per_batch_groups_and_synchronous_mode():
     with pytest.raises(ConfigError, match="--replay_prompts must be in"):
         RunConfig(batch_size=4, replay_prompts=4)
+    for bad in (dict(async_staleness=1), dict(num_candidates=1)):
+        with pytest.raises(ConfigError, match="synchronous mode .* and groups"):
+            RunConfig(replay_prompts=2, **bad)
     assert RunConfig(batch_size=4, replay_prompts=3).replay_prompts == 3

@@ -81,8 +81,9 @@ def test_a_resumed_run_replays_the_prompts_the_uninterrupted_one_replays(tiny_mo
     checkpoint and resumed draws the same prompts, fresh and replayed, as one that ran straight to
     step 5, and ends with the same weights. (The learner samples its chunk of step 4 during step
     3's sync, from the queue as step 3 left it: the checkpoint must hold that queue, not what the
-    draw left of it.)"""
-    train = write_rows(tmp_path / "train.jsonl", [f"Say {i} ones" for i in range(40)])
+    draw left of it.) 8 rows: the data wraps around while prompts of its first pass are queued,
+    and no batch replays a prompt the data drew fresh into it."""
+    train = write_rows(tmp_path / "train.jsonl", [f"Say {i} ones" for i in range(8)])
     common = ["--dataset", train, "--max_steps", "5", "--save_every", "3", "--seed", "3", "--replay_prompts", "2"]
     code, out, err = Run(run_args(tiny_model_dir, tmp_path, "straight", *common)).finish()
     assert code == 0, err[-3000:]
@@ -93,7 +94,11 @@ def test_a_resumed_run_replays_the_prompts_the_uninterrupted_one_replays(tiny_mo
     assert code == 0, err[-3000:]
     replayed = [m["replayed_prompts"] for m in metrics(tmp_path / "straight")[1:]]
     assert replayed[:2] == [0, 2] and sum(replayed[3:]) > 0  # replays after the resume point too
-    assert _prompts_per_step(tmp_path / "straight") == _prompts_per_step(tmp_path / "broken")
+    straight = _prompts_per_step(tmp_path / "straight")
+    assert straight == _prompts_per_step(tmp_path / "broken")
+    for step, k in enumerate(replayed, start=1):  # the replays are a batch's last k prompts
+        fresh, again = straight[step][:4 - int(k)], straight[step][4 - int(k):]
+        assert len(set(again)) == len(again) and not set(fresh) & set(again), straight
     a = load_file(tmp_path / "straight" / "final" / "model.safetensors")
     b = load_file(tmp_path / "broken" / "final" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

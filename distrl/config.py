@@ -367,7 +367,7 @@ class RunConfig:
                               "set --number_of_actors 1")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError(f"--gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
-        if not 0 <= self.replay_prompts < self.batch_size:
+        if self.replay_prompts < 0 or 0 < self.batch_size <= self.replay_prompts:
             raise ConfigError(f"--replay_prompts must be in [0, --batch_size) so each step draws a fresh prompt, "
                               f"got {self.replay_prompts} with --batch_size {self.batch_size}")
         if self.vllm_kv_cache_gb <= 0:

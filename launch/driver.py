@@ -57,7 +57,7 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
         self.learners = LearnerGroup(actors.learners or [actors.learner], cfg.run.fsdp)
         self.tokenizer = setup.tokenizer
         self.sampler = PromptSampler(len(setup.train_rows), cfg.run.seed)
-        self.replay = ReplayQueue(cfg.run.replay_prompts)
+        self.replay = ReplayQueue(cfg.run.replay_per_step()[0])  # auto resolved as preflight printed it
         self.replay_state = self.replay.state()  # the queue after the newest step's offer (checkpoints)
         # Prompts per step the learner samples itself (auto resolved as preflight printed it).
         self.learner_chunk = cfg.run.learner_chunk(setup.backend, vllm_device(cfg.run.num_gpus_per_actor))[0]
@@ -196,7 +196,7 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
     def _offer_replays(self, first: Round, final: Round) -> dict[str, float]:
         """--replay_prompts: queue the prompts of the groups trained on that have signal; the
         metrics of the replays, which all sit in the step's first round."""
-        if not self.cfg.run.replay_prompts:
+        if not self.replay.per_step:
             return {}
         floor = max(self.cfg.algo.std_floor, self.cfg.algo.min_group_std)
         self.replay.offer(final.indices, informative_groups(final.rewards, floor).tolist())

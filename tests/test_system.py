@@ -207,3 +207,16 @@ def test_replay_samples_again_the_prompts_whose_groups_had_signal(tiny_model_dir
         assert not set(prompts[step][:2]) & set(earlier)  # the data order goes on as without replay
     with open(tmp_path / "run" / "checkpoints" / "step-000003" / "trainer_state.json") as f:
         assert sum(json.load(f)["replay"]["replays"].values()) == 4
+
+
+def test_replay_is_on_by_default_and_works_with_dynamic_sampling(tiny_model_dir, tmp_path):
+    """The default --replay_prompts -1 resolves to a quarter of the batch (1 of 4 here) and says
+    so at start-up; with --dynamic_sampling the first round carries the replays and the refill
+    rounds draw fresh prompts."""
+    proc = train(tiny_run_args(tiny_model_dir, "--dynamic_sampling", "--max_sampling_rounds", "2",
+                               "--max_steps", "3"), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "replay_prompts auto: 1 (" in proc.stdout, proc.stdout
+    steps = read_metrics(tmp_path)[1:]
+    assert [m["replayed_prompts"] for m in steps] == [0, 1, 1]
+    assert all(1 <= m["sampling_rounds"] <= 2 for m in steps)

@@ -46,7 +46,7 @@ def test_sigterm_finishes_the_step_checkpoints_it_and_resume_goes_on_from_there(
     rows = write_rows(tmp_path / "train.jsonl", [f"Say {i} ones" for i in range(20)])  # one epoch: 5 steps
     held_out = write_rows(tmp_path / "eval.jsonl", [f"Eval {i}" for i in range(4)])
     args = run_args(tiny_model_dir, tmp_path, "run", "--dataset", rows, "--eval_dataset", held_out,
-                    "--max_steps", "5", "--save_every", "10")
+                    "--max_steps", "5", "--save_every", "10", "--replay_prompts", "0")  # 4 fresh prompts a step
     run = Run(args, gate=tmp_path / "gate", gate_step=3)
     run.wait_at_gate()  # step 3 is being scored
     os.kill(run.proc.pid, signal.SIGTERM)

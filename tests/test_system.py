@@ -211,8 +211,7 @@ def test_replay_samples_again_the_prompts_whose_groups_had_signal(tiny_model_dir
 
 def test_replay_is_on_by_default_and_works_with_dynamic_sampling(tiny_model_dir, tmp_path):
     """The default --replay_prompts -1 resolves to a quarter of the batch (1 of 4 here) and says
-    so at start-up; with --dynamic_sampling the first round carries the replays and the refill
-    rounds draw fresh prompts."""
+    so at start-up, and replays run together with --dynamic_sampling's refill rounds."""
     proc = train(tiny_run_args(tiny_model_dir, "--dynamic_sampling", "--max_sampling_rounds", "2",
                                "--max_steps", "3"), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

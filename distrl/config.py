@@ -269,11 +269,10 @@ class RunConfig:
                                     "the batch with fresh prompts, at most --max_sampling_rounds "
                                     "generation rounds per step (synchronous mode only).")
     max_sampling_rounds: int = _field(3, "With --dynamic_sampling: generation rounds per step at most.")
-    replay_prompts: int = _field(-1, "Prompts per step sampled again from recent steps' groups that had a "
+    replay_prompts: int = _field(0, "Prompts per step sampled again from recent steps' groups that had a "
                                  "learning signal (some rewards differed), newest first, each at most twice a run; "
-                                 "the rest of the batch comes from the data in its order. -1 = auto: "
-                                 "--batch_size // 4 in synchronous mode with groups (--num_candidates >= 2), "
-                                 "else 0 (off).")
+                                 "the rest of the batch comes from the data in its order. 0 = off (synchronous "
+                                 "mode with groups, --num_candidates >= 2, only).")
     eval_samples: int = _field(0, "Also sample this many completions per held-out prompt at "
                                "--temperature and report pass@k (k = this) as eval_pass_at_k; 0 = off.")
     backend: str = _field("auto", "Generation backend: auto (vllm when installed, on CPU only where "
@@ -368,8 +367,8 @@ class RunConfig:
                               "set --number_of_actors 1")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError(f"--gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
-        if self.replay_prompts < -1 or 0 < self.batch_size <= self.replay_prompts:
-            raise ConfigError(f"--replay_prompts must be -1 (auto) or in [0, --batch_size) so each step draws a "
+        if self.replay_prompts < 0 or 0 < self.batch_size <= self.replay_prompts:
+            raise ConfigError(f"--replay_prompts must be in [0, --batch_size) so each step draws a "
                               f"fresh prompt, got {self.replay_prompts} with --batch_size {self.batch_size}")
         if self.vllm_kv_cache_gb <= 0:
             raise ConfigError(f"--vllm_kv_cache_gb must be > 0, got {self.vllm_kv_cache_gb}")
@@ -435,17 +434,6 @@ class RunConfig:
                               f"{self.number_of_actors} generation actors; each needs at least one: "
                               f"raise --batch_size to >= {self.batch_size - shared + self.number_of_actors}"
                               " or lower --number_of_actors")
-
-    def replay_per_step(self) -> tuple[int, str]:
-        """--replay_prompts with auto (-1) resolved, and why. Replays need the groups the last
-        update scored (synchronous mode) and groups that can disagree (--num_candidates >= 2)."""
-        if self.replay_prompts >= 0:
-            return self.replay_prompts, "set"
-        if self.async_staleness:
-            return 0, "off in asynchronous mode: batches are built before the update that would fill the queue"
-        if self.num_candidates < 2:
-            return 0, "off with --num_candidates 1: a group of one has no signal to replay"
-        return self.batch_size // 4, "a quarter of --batch_size, from prompts whose groups had signal"
 
     def learner_chunk(self, backend: str, device: str) -> tuple[int, str]:
         """--learner_chunk_size with auto (-1) resolved for the generators' backend and device,

@@ -57,7 +57,7 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
         self.learners = LearnerGroup(actors.learners or [actors.learner], cfg.run.fsdp)
         self.tokenizer = setup.tokenizer
         self.sampler = PromptSampler(len(setup.train_rows), cfg.run.seed)
-        self.replay = ReplayQueue(cfg.run.replay_per_step()[0])  # auto resolved as preflight printed it
+        self.replay = ReplayQueue(cfg.run.replay_prompts)
         self.replay_state = self.replay.state()  # the queue after the newest step's offer (checkpoints)
         # Prompts per step the learner samples itself (auto resolved as preflight printed it).
         self.learner_chunk = cfg.run.learner_chunk(setup.backend, vllm_device(cfg.run.num_gpus_per_actor))[0]

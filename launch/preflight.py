@@ -77,9 +77,6 @@ def preflight(cfg: TrainConfig) -> Setup:
     if cfg.run.learner_chunk_size < 0:
         chunk, reason = cfg.run.learner_chunk(backend, vllm_device(cfg.run.num_gpus_per_actor))
         print(f"learner_chunk_size auto: {chunk} ({reason})", flush=True)
-    if cfg.run.replay_prompts < 0:
-        replays, reason = cfg.run.replay_per_step()
-        print(f"replay_prompts auto: {replays} ({reason})", flush=True)
     check_quantizable(model_path, cfg.model)
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     if cfg.data.long_prompts == "error":

@@ -72,20 +72,11 @@ def test_replay_metrics_count_only_the_replayed_groups():
 
 
 def test_replay_needs_a_fresh_prompt_per_batch_groups_and_synchronous_mode():
-    with pytest.raises(ConfigError, match="--replay_prompts must be -1 \\(auto\\) or in"):
+    with pytest.raises(ConfigError, match="--replay_prompts must be in \\[0, --batch_size\\)"):
         RunConfig(batch_size=4, replay_prompts=4)
     for bad in (dict(async_staleness=1), dict(num_candidates=1)):
         with pytest.raises(ConfigError, match="synchronous mode .* and groups"):
             RunConfig(replay_prompts=2, **bad)
-    assert RunConfig(batch_size=4, replay_prompts=3).replay_per_step() == (3, "set")
-    with pytest.raises(ConfigError, match="-1 \\(auto\\)"):
-        RunConfig(replay_prompts=-2)
-
-
-def test_auto_replays_a_quarter_of_the_batch_in_synchronous_mode_with_groups():
-    assert RunConfig().replay_per_step()[0] == 2  # the default batch of 8
-    assert RunConfig(batch_size=4).replay_per_step()[0] == 1
-    assert RunConfig(batch_size=3).replay_per_step()[0] == 0
-    # Where replays cannot work, auto turns them off instead of refusing the run.
-    assert RunConfig(async_staleness=1).replay_per_step()[0] == 0
-    assert RunConfig(num_candidates=1).replay_per_step()[0] == 0
+    RunConfig(batch_size=4, replay_prompts=3)  # one fresh prompt a step is enough
+    with pytest.raises(ConfigError, match="--replay_prompts must be in"):
+        RunConfig(replay_prompts=-1)

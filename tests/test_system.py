@@ -54,6 +54,7 @@ def test_two_steps_full_finetune_with_reference_actor(tiny_model_dir, tmp_path):
         assert m["logprob_gap"] < 1e-4 and m["logprob_gap_learner"] < 1e-4
         assert math.isnan(m["logprob_gap_stale"])  # lockstep: every rollout at the learner's version
         assert m["ref_s"] > 0
+        assert "replayed_prompts" not in m  # replay is off by default: every prompt is fresh
     assert steps[-1]["kl"] > 0  # the policy moved away from the reference after update 1
     assert "eval_accuracy" in steps[-1]
     assert "== distrl summary ==" in proc.stdout and "held-out accuracy" in proc.stdout
@@ -209,13 +210,12 @@ def test_replay_samples_again_the_prompts_whose_groups_had_signal(tiny_model_dir
         assert sum(json.load(f)["replay"]["replays"].values()) == 4
 
 
-def test_replay_is_on_by_default_and_works_with_dynamic_sampling(tiny_model_dir, tmp_path):
-    """The default --replay_prompts -1 resolves to a quarter of the batch (1 of 4 here) and says
-    so at start-up, and replays run together with --dynamic_sampling's refill rounds."""
+def test_replay_works_with_dynamic_sampling(tiny_model_dir, tmp_path):
+    """--replay_prompts 1 runs together with --dynamic_sampling's refill rounds: one replay a step
+    from step 2 on, however many rounds the step took."""
     proc = train(tiny_run_args(tiny_model_dir, "--dynamic_sampling", "--max_sampling_rounds", "2",
-                               "--max_steps", "3"), tmp_path)
+                               "--replay_prompts", "1", "--max_steps", "3"), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "replay_prompts auto: 1 (" in proc.stdout, proc.stdout
     steps = read_metrics(tmp_path)[1:]
     assert [m["replayed_prompts"] for m in steps] == [0, 1, 1]
     assert all(1 <= m["sampling_rounds"] <= 2 for m in steps)

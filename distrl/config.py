@@ -195,6 +195,11 @@ class AlgoConfig:
     logprob_chunk_size: int = _field(0, "Compute log-probs from the last hidden states this many "
                                      "completion positions at a time, so the full (B, T, vocab) "
                                      "logits never exist at once; 0 = one full forward.")
+    updates_per_batch: int = _field(1, "Optimizer steps on each step's rollouts (GRPO's mu, TRL's "
+                                    "num_iterations, verl's ppo_epochs). The later ones run the rows with "
+                                    "a gradient again, the ratio clipped around the batch's pre-update "
+                                    "policy (decoupled PPO); the weights are published once per step. "
+                                    "1 = one on-policy update.")
     max_grad_norm: float = _field(1.0, "Global gradient-norm clip; 0 = off.")
     weight_decay: float = _field(0.0, "AdamW weight decay.")
     optimizer: str = _field("auto", "auto (cpu_adamw when the trained weights compute in bf16/fp16, "
@@ -241,6 +246,9 @@ class AlgoConfig:
             raise ConfigError("--grad_offload needs --optimizer cpu_adamw")
         if self.micro_batch_size < 0:
             raise ConfigError(f"--micro_batch_size must be >= 1 (0 = auto), got {self.micro_batch_size}")
+        if self.updates_per_batch < 1:
+            raise ConfigError(f"--updates_per_batch must be >= 1 (1 = one update per step), got "
+                              f"{self.updates_per_batch}")
         if self.gap_rows < 0:
             raise ConfigError(f"--gap_rows must be >= 0 (0 = every row), got {self.gap_rows}")
         for name in ("clip_eps", "clip_eps_low", "clip_eps_high", "min_group_std", "entropy_coef",

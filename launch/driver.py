@@ -306,7 +306,7 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
                "staleness_mean": sum(rnd.staleness) / len(rnd.staleness), "staleness_max": max(rnd.staleness),
                "rollouts": len(flat), "generator_version": self.gen_version,
                "generator_restarts": self.generator_restarts, "prompts_dropped": len(self._too_long), **extra}
-        for key in ("importance_weight", "entropy", "grad_offload_mb"):
+        for key in ("importance_weight", "entropy", "grad_offload_mb", "clip_frac_reuse"):
             if key in train:
                 out[key] = train[key]
         return out

@@ -147,7 +147,6 @@ class LearnerActor:
             raise ValueError(f"rollouts from policy version {stale[0]} given to a learner at "
                              f"version {self.policy_version} (max staleness {self.max_staleness})")
         num_tokens, num_seqs = batch_totals or (float(sum(len(r.completion_ids) for r in rollouts)), len(rollouts))
-        totals: dict[str, float] = {}
         needs_grad = None if self._grad_always() else [a != 0.0 for a in advantages]
         rows, gap_weight = self._rows_to_run(rollouts, needs_grad)
         lengths = [len(rollouts[i].prompt_ids) + len(rollouts[i].completion_ids) for i in rows]
@@ -157,42 +156,77 @@ class LearnerActor:
             needs_grad=None if needs_grad is None else [needs_grad[i] for i in rows])]
         if self.fsdp:
             plans += [[]] * (parallel.max_over_ranks(len(plans), self.device) - len(plans))
-        with self.kernels.active() if self.kernels else contextlib.nullcontext():
-            for idx in plans:
-                metrics = self._accumulate([rollouts[i] for i in idx] or [filler],
-                                           [advantages[i] for i in idx] or [0.0],
-                                           [ref_logprobs[i] for i in idx] if ref_logprobs and idx else None,
-                                           num_tokens, num_seqs, weight=1.0 if idx else 0.0,
-                                           stands_for=1.0 if needs_grad is None or not idx or needs_grad[idx[0]]
-                                           else gap_weight)
-                for k, v in metrics.items():
-                    totals[k] = totals.get(k, 0.0) + v
-        bad_loss = not math.isfinite(totals.get("loss", 0.0))
-        comm_start = time.perf_counter()
-        if self.world_size > 1:  # every rank must skip together, or the collectives misalign
-            bad_loss = parallel.any_rank(bad_loss, self.device)
-        if not bad_loss:
-            params = list(self.params.values())
-            if self.world_size > 1 and not self.fsdp and not isinstance(self.optimizer, ShardedCPUAdamW):
-                parallel.sum_grads(params)  # FSDP reduce-scatters in backward; ShardedCPUAdamW reduces itself
-            comm_s = time.perf_counter() - comm_start
-            grad_norm = clip_and_step(self.optimizer, params, self.algo.max_grad_norm)
-            comm_s += getattr(self.optimizer, "comm_s", 0.0)
-        else:  # a non-finite loss (NaN weights, overflow) must never reach the weights
-            self.optimizer.zero_grad()
-            grad_norm, comm_s = float("nan"), time.perf_counter() - comm_start
-        skipped = not math.isfinite(grad_norm)  # then the weights did not change
-        if not skipped:
+        args = rollouts, advantages, ref_logprobs, num_tokens, num_seqs, filler, needs_grad, gap_weight
+        totals, prox = self._forward_backward(plans, *args)
+        grad_norm, comm_s = self._update(totals.get("loss", 0.0))
+        changed = math.isfinite(grad_norm)
+        # GRPO's mu: more updates on the same rollouts, each clipped around the batch's pre-update
+        # policy (its first forward, `prox`). Only rows with a gradient run again; in a group every
+        # rank takes each update (its steps are collectives), with or without rows of its own.
+        again = [idx for idx in plans if idx and (needs_grad is None or needs_grad[idx[0]])]
+        if self.fsdp:
+            again += [[]] * (parallel.max_over_ranks(len(again), self.device) - len(again))
+        reuse_clip = []
+        more_updates = changed and (bool(again) or self.world_size > 1)
+        for _ in range(1, self.algo.updates_per_batch if more_updates else 1):
+            more, _ = self._forward_backward(again, *args, prox=prox)
+            more_norm, more_comm = self._update(more.get("loss", 0.0))
+            comm_s += more_comm
+            if not math.isfinite(more_norm):
+                break
+            reuse_clip.append(more.get("clip_frac", 0.0))
+        if reuse_clip:
+            totals["clip_frac_reuse"] = sum(reuse_clip) / len(reuse_clip)
+        if changed:
             self.policy_version += 1
         if self.algo.grad_offload:  # what the hooks moved off the model during backward (0: nothing to move)
             mover = self.optimizer.local if isinstance(self.optimizer, ShardedCPUAdamW) else self.optimizer
             moved, mover.offloaded_bytes = (mover.offloaded_bytes, 0) if mover is not None else (0, 0)
             totals["grad_offload_mb"] = moved / 2**20
-        totals.update(grad_norm=grad_norm, skipped_update=float(skipped), train_tokens=num_tokens,
+        totals.update(grad_norm=grad_norm, skipped_update=float(not changed), train_tokens=num_tokens,
                       train_s=time.perf_counter() - start, policy_version=self.policy_version,
                       # Time in gradient/weight collectives outside backward (FSDP's are inside it).
                       comm_s=comm_s if self.world_size > 1 else 0.0)
         return totals, self.publish() if publish else None
+
+    def _forward_backward(self, plans: list[list[int]], rollouts: list[Rollout], advantages: list[float],
+                          ref_logprobs: list[list[float]] | None, num_tokens: float, num_seqs: int,
+                          filler: Rollout | None, needs_grad: list[bool] | None, gap_weight: float,
+                          prox: dict[tuple[int, ...], torch.Tensor] | None = None,
+                          ) -> tuple[dict[str, float], dict[tuple[int, ...], torch.Tensor]]:
+        """Forward (+ backward where there is a gradient) of every micro-batch in `plans` (row
+        indices; [] = a filler one); returns the summed metrics and each micro-batch's log-probs
+        before any update, which a later update on the same rows takes as `prox`."""
+        totals: dict[str, float] = {}
+        logprobs: dict[tuple[int, ...], torch.Tensor] = {}
+        with self.kernels.active() if self.kernels else contextlib.nullcontext():
+            for idx in plans:
+                metrics, logprobs[tuple(idx)] = self._accumulate(
+                    [rollouts[i] for i in idx] or [filler], [advantages[i] for i in idx] or [0.0],
+                    [ref_logprobs[i] for i in idx] if ref_logprobs and idx else None,
+                    num_tokens, num_seqs, weight=1.0 if idx else 0.0,
+                    stands_for=1.0 if needs_grad is None or not idx or needs_grad[idx[0]] else gap_weight,
+                    prox=prox.get(tuple(idx)) if prox and idx else None)
+                for k, v in metrics.items():
+                    totals[k] = totals.get(k, 0.0) + v
+        return totals, logprobs
+
+    def _update(self, loss: float) -> tuple[float, float]:
+        """Sum the gradients over ranks where needed, clip and step; returns (grad_norm, comm_s).
+        A non-finite loss (NaN weights, overflow) never reaches the weights: grad_norm NaN."""
+        bad_loss = not math.isfinite(loss)
+        comm_start = time.perf_counter()
+        if self.world_size > 1:  # every rank must skip together, or the collectives misalign
+            bad_loss = parallel.any_rank(bad_loss, self.device)
+        if bad_loss:
+            self.optimizer.zero_grad()
+            return float("nan"), time.perf_counter() - comm_start
+        params = list(self.params.values())
+        if self.world_size > 1 and not self.fsdp and not isinstance(self.optimizer, ShardedCPUAdamW):
+            parallel.sum_grads(params)  # FSDP reduce-scatters in backward; ShardedCPUAdamW reduces itself
+        comm_s = time.perf_counter() - comm_start
+        grad_norm = clip_and_step(self.optimizer, params, self.algo.max_grad_norm)
+        return grad_norm, comm_s + getattr(self.optimizer, "comm_s", 0.0)
 
     def _rows_to_run(self, rollouts: list[Rollout], needs_grad: list[bool] | None) -> tuple[list[int], float]:
         """The rows this step forwards: every row with a gradient, and of those without one (their
@@ -221,11 +255,14 @@ class LearnerActor:
 
     def _accumulate(self, rollouts: list[Rollout], advantages: list[float],
                     ref_logprobs: list[list[float]] | None, num_tokens: float,
-                    num_seqs: int, weight: float = 1.0, stands_for: float = 1.0) -> dict[str, float]:
+                    num_seqs: int, weight: float = 1.0, stands_for: float = 1.0,
+                    prox: torch.Tensor | None = None) -> tuple[dict[str, float], torch.Tensor]:
         """Forward + backward of one micro-batch; the loss is normalised over the whole batch.
         `weight` 0: a filler micro-batch (FSDP) that must run but count for nothing. `stands_for`:
         how many times its rows' share of the batch's metrics this micro-batch counts (rows without
-        a gradient sampled for the gap, see `_rows_to_run`); the per-sampler gap sums ignore it."""
+        a gradient sampled for the gap, see `_rows_to_run`); the per-sampler gap sums ignore it.
+        `prox`: these rows' log-probs before this step's first update (a later update on them).
+        Returns the metrics and this forward's log-probs (B, T), detached."""
         batch = collate(rollouts, self.tokenizer.pad_token_id)
         mask = batch.completion_mask.to(self.device)
         # Rows with advantage 0 and no KL term have exactly zero gradient: when a whole
@@ -249,7 +286,8 @@ class LearnerActor:
             norm_len=self.max_new_tokens or None,
             # Off-policy, or sampled with other numerics: this forward (before the update) is the
             # proximal policy, and pi_prox / pi_generator (truncated) weights each token.
-            prox_logprobs=logprobs.detach() if self.max_staleness or self.correct_mismatch else None,
+            prox_logprobs=prox if prox is not None else (
+                logprobs.detach() if self.max_staleness or self.correct_mismatch else None),
             max_importance_weight=self.algo.max_importance_weight)
         if needs_grad:
             (loss * weight if weight != 1.0 else loss).backward()
@@ -264,7 +302,7 @@ class LearnerActor:
             source = self._sampler(r)
             out[f"gap_sum/{source}"] = out.get(f"gap_sum/{source}", 0.0) + g * weight
             out[f"gap_tokens/{source}"] = out.get(f"gap_tokens/{source}", 0.0) + n * weight
-        return out
+        return out, logprobs.detach()
 
     def _reference(self, batch: Collated, rollouts: list[Rollout],
                    ref_logprobs: list[list[float]] | None) -> torch.Tensor | None:

@@ -7,6 +7,7 @@ import torch
 
 from actors.generation_actor import GenerationActor
 from distrl.algorithms import compute_advantages
+from distrl.batch import collate, completion_logprobs
 from distrl.config import AlgoConfig, ModelConfig
 from distrl.data.prompts import encode_prompt
 from distrl.generation import SamplingParams, WeightsMissing
@@ -163,6 +164,33 @@ def test_rows_sampled_for_the_gap_leave_the_update_and_the_loss_as_they_were(tin
     assert sampled["loss"] == pytest.approx(every["loss"], rel=1e-5)
     for name, p in before.items():
         torch.testing.assert_close(p, after[name], rtol=0, atol=1e-6)
+
+
+def test_updates_per_batch_step_again_on_the_batch_clipped_and_publish_once(tiny_model_dir):
+    """--updates_per_batch 2: two optimizer steps on one step's rollouts, the second clipped
+    around the batch's pre-update policy; one new policy version, loaded and proven as usual."""
+    rollouts, adv, after = None, None, {}
+    for updates in (1, 2):
+        torch.manual_seed(0)
+        cfg = ModelConfig(dtype="float32")
+        learner_actor = LearnerActor(tiny_model_dir, cfg, AlgoConfig(lr=3e-3, updates_per_batch=updates),
+                                     temperature=1.0, torch_threads=1)
+        generator = GenerationActor(tiny_model_dir, cfg, torch_threads=1)
+        generator.load_weights(learner_actor.publish())
+        rollouts, adv = _rollouts(generator, learner_actor, seed=0)
+        metrics, packed = learner_actor.step(rollouts, adv)
+        assert metrics["policy_version"] == packed.policy_version == 1
+        assert ("clip_frac_reuse" in metrics) == (updates == 2)
+        assert generator.load_weights(packed) == 1
+        again, adv_again = _rollouts(generator, learner_actor, seed=1)
+        assert learner_actor.step(again, adv_again)[0]["logprob_gap"] < 1e-4
+        # The objective the update climbs, sum(advantage x log-prob), on the first batch.
+        batch = collate(rollouts, learner_actor.tokenizer.pad_token_id)
+        with torch.no_grad():
+            lp = completion_logprobs(learner_actor.model, batch, 1.0)
+        after[updates] = (torch.tensor(adv)[:, None] * lp * batch.completion_mask).sum().item(), metrics
+    assert after[2][0] > after[1][0]
+    assert 0 < after[2][1]["clip_frac_reuse"] < 1  # a step of lr 3e-3 moves some ratios past 1.2
 
 
 def test_learner_refuses_rollouts_from_another_version(tiny_model_dir):

@@ -249,6 +249,10 @@ class AlgoConfig:
         if self.updates_per_batch < 1:
             raise ConfigError(f"--updates_per_batch must be >= 1 (1 = one update per step), got "
                               f"{self.updates_per_batch}")
+        if self.updates_per_batch > 1 and self.loss_name == "pg":
+            raise ConfigError(f"--updates_per_batch {self.updates_per_batch} reuses each batch, which needs a "
+                              "ratio against the policy that sampled it: use --policy_loss ppo_clip or gspo, "
+                              "not pg")
         if self.gap_rows < 0:
             raise ConfigError(f"--gap_rows must be >= 0 (0 = every row), got {self.gap_rows}")
         for name in ("clip_eps", "clip_eps_low", "clip_eps_high", "min_group_std", "entropy_coef",

@@ -164,11 +164,15 @@ class LearnerActor:
         # policy (its first forward, `prox`). Only rows with a gradient run again; in a group every
         # rank takes each update (its steps are collectives), with or without rows of its own.
         again = [idx for idx in plans if idx and (needs_grad is None or needs_grad[idx[0]])]
-        if self.fsdp:
+        more_updates = self.algo.updates_per_batch > 1 and changed
+        if more_updates:  # a batch without signal on any rank takes no more steps
+            more_updates = any(a != 0.0 for a in advantages) or self._loss_grad_beyond_advantage()
+            if self.world_size > 1:
+                more_updates = parallel.any_rank(more_updates, self.device)
+        if more_updates and self.fsdp:
             again += [[]] * (parallel.max_over_ranks(len(again), self.device) - len(again))
         reuse_clip = []
-        more_updates = changed and (bool(again) or self.world_size > 1)
-        for _ in range(1, self.algo.updates_per_batch if more_updates else 1):
+        for _ in range(self.algo.updates_per_batch - 1 if more_updates else 0):
             more, _ = self._forward_backward(again, *args, prox=prox)
             more_norm, more_comm = self._update(more.get("loss", 0.0))
             comm_s += more_comm
@@ -248,10 +252,14 @@ class LearnerActor:
         return "stale" if rollout.policy_version != self.policy_version else rollout.source
 
     def _grad_always(self) -> bool:
-        """Whether rows with advantage 0 have a gradient too: a KL or entropy term in the loss, or
+        """Whether rows with advantage 0 run a backward too: a KL or entropy term in the loss, or
         FSDP, whose every forward and backward is a collective."""
+        return self._loss_grad_beyond_advantage() or self.fsdp
+
+    def _loss_grad_beyond_advantage(self) -> bool:
+        """Whether the loss has a gradient where every advantage is 0: a KL or entropy term."""
         kl_in_loss = self.algo.beta > 0 and not self.algo.kl_in_reward and self.ref_mode != "none"
-        return kl_in_loss or self.algo.entropy_coef > 0 or self.fsdp
+        return kl_in_loss or self.algo.entropy_coef > 0
 
     def _accumulate(self, rollouts: list[Rollout], advantages: list[float],
                     ref_logprobs: list[list[float]] | None, num_tokens: float,
@@ -276,6 +284,9 @@ class LearnerActor:
             if self.algo.entropy_coef > 0:
                 logprobs, entropy = logprobs[0], logprobs[1]
         old = batch.old_logprobs.to(self.device)
+        weigh_behaviour = bool(self.max_staleness or self.correct_mismatch)
+        if prox is not None and not weigh_behaviour:  # a later update, with no correction asked for:
+            old, prox = prox, None                     # the plain ratio against the pre-update policy
         ref = self._reference(batch, rollouts, ref_logprobs)
         low, high = self.algo.clip_range
         loss, metrics = policy_loss(
@@ -286,8 +297,7 @@ class LearnerActor:
             norm_len=self.max_new_tokens or None,
             # Off-policy, or sampled with other numerics: this forward (before the update) is the
             # proximal policy, and pi_prox / pi_generator (truncated) weights each token.
-            prox_logprobs=prox if prox is not None else (
-                logprobs.detach() if self.max_staleness or self.correct_mismatch else None),
+            prox_logprobs=prox if prox is not None else (logprobs.detach() if weigh_behaviour else None),
             max_importance_weight=self.algo.max_importance_weight)
         if needs_grad:
             (loss * weight if weight != 1.0 else loss).backward()

@@ -251,6 +251,7 @@ def test_updates_per_batch_is_read_and_checked():
     assert parse_args([]).algo.updates_per_batch == 1
     assert parse_args(["--updates_per_batch", "2"]).algo.updates_per_batch == 2
     assert_one_line_error(cli("--updates_per_batch", "0"), "--updates_per_batch must be >= 1")
+    assert_one_line_error(cli("--updates_per_batch", "2", "--learner", "pg"), "use --policy_loss ppo_clip or gspo")
 
 
 def test_learner_chunk_auto_samples_beside_the_generators_only_where_that_is_not_slower():

@@ -189,6 +189,13 @@ def test_updates_per_batch_step_again_on_the_batch_clipped_and_publish_once(tiny
         with torch.no_grad():
             lp = completion_logprobs(learner_actor.model, batch, 1.0)
         after[updates] = (torch.tensor(adv)[:, None] * lp * batch.completion_mask).sum().item(), metrics
+        # A step without signal takes one update, whatever --updates_per_batch: more AdamW steps on
+        # zero gradients would only replay the momentum of earlier batches.
+        generator.load_weights(learner_actor.publish())
+        idle, _ = _rollouts(generator, learner_actor, seed=2)
+        assert "clip_frac_reuse" not in learner_actor.step(idle, [0.0] * len(idle))[0]
+        first = next(iter(learner_actor.params.values()))
+        assert int(learner_actor.optimizer.state[first]["step"]) == 2 * updates + 1  # 2 batches + the idle one
     assert after[2][0] > after[1][0]
     assert 0 < after[2][1]["clip_frac_reuse"] < 1  # a step of lr 3e-3 moves some ratios past 1.2
 

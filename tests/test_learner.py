@@ -354,11 +354,12 @@ def test_the_learner_samples_with_its_sample_threads_and_trains_with_its_own(tin
         torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("dtype,micro_batch_size,expected", [("bfloat16", 0, [32, 8]), ("float32", 0, [8] * 5),
+@pytest.mark.parametrize("dtype,micro_batch_size,expected", [("bfloat16", 0, [32, 8]), ("float32", 0, [16, 16, 8]),
                                                                ("bfloat16", 8, [8] * 5)])
 def test_auto_micro_batches_are_long_in_bf16_on_cpu(tiny_model_dir, dtype, micro_batch_size, expected):
     """--micro_batch_size 0 (the default): 32 rows where the learner trains in bf16 on CPU (AMX
-    pays on long matrices), 8 in fp32; a size given on the command line is kept."""
+    pays on long matrices), 16 in fp32 on CPU (prompts shared); a size given on the command line
+    is kept."""
     learner_actor = LearnerActor(tiny_model_dir, ModelConfig(dtype=dtype), AlgoConfig(micro_batch_size=micro_batch_size),
                                  temperature=1.0, torch_threads=1)
     prompts = [encode_prompt(learner_actor.tokenizer, f"What is {i}+2?") for i in range(5)]

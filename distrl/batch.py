@@ -84,7 +84,9 @@ def _shared_prompts(rollouts: Sequence[Rollout], pad_id: int, comp_len: int) -> 
         tokens = r.prompt_ids[-1:] + r.completion_ids
         suffix_ids[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
         suffix_mask[i, : len(tokens)] = 1
-        suffix_positions[i] = torch.arange(len(r.prompt_ids) - 1, len(r.prompt_ids) + comp_len)
+        # Padding repeats the row's last position: none beyond what the row itself reaches.
+        first = len(r.prompt_ids) - 1
+        suffix_positions[i] = torch.arange(first, first + 1 + comp_len).clamp(max=first + len(tokens) - 1)
     return SharedPrompts(prefix_ids, prefix_mask, torch.tensor(rows), suffix_ids, suffix_mask, suffix_positions)
 
 
@@ -157,6 +159,29 @@ def _split_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Modul
     return (body, head) if body is not None and isinstance(head, torch.nn.Linear) else None
 
 
+def _can_share_prompts(body: torch.nn.Module) -> bool:
+    """Whether `_shared_prompt_hidden` computes what one pass per row computes for this decoder:
+    a transformers model (its cache and positions are the library's) with full attention in every
+    layer and plain RoPE. A sliding window or attention chunks count distances in cache slots,
+    which the padding between a short prompt and its suffix would stretch; dynamic and longrope
+    RoPE pick their frequencies from the longest position of each call; recurrent layers keep
+    state the cache does not select. Gradient checkpointing turns the cache off."""
+    config = getattr(body, "config", None)
+    if config is None or not type(body).__module__.startswith("transformers.models."):
+        return False
+    if getattr(body, "gradient_checkpointing", False):
+        return False
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        full = all(t == "full_attention" for t in layer_types)
+    else:
+        full = getattr(config, "sliding_window", None) is None or getattr(config, "use_sliding_window", None) is False
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    rope_types = {v.get("rope_type") for v in rope.values() if isinstance(v, dict)} | {rope.get("rope_type")}
+    return (full and not getattr(config, "attention_chunk_size", None)
+            and not rope_types & {"dynamic", "longrope"})
+
+
 def _sharded(model: torch.nn.Module) -> bool:
     """FSDP2: only the whole model's forward gathers the parameters outside the decoder layers."""
     from torch.distributed.fsdp import FSDPModule
@@ -195,8 +220,7 @@ def completion_logprobs(model: torch.nn.Module, batch: Collated, temperature: fl
             logprobs = torch.stack([logprobs, token_entropy(picked, temperature)])
     else:
         body, head = split
-        # Gradient checkpointing (HF turns the cache off under it) and FSDP keep one pass per row.
-        if batch.shared is not None and not getattr(body, "gradient_checkpointing", False) and not _sharded(model):
+        if batch.shared is not None and not _sharded(model) and _can_share_prompts(body):
             # Suffix position j predicts completion token j.
             hidden = _shared_prompt_hidden(body, batch.shared, device)[:, : tokens.shape[1]]
         else:
@@ -233,6 +257,8 @@ def _shared_prompt_hidden(body: torch.nn.Module, shared: SharedPrompts, device: 
     body(input_ids=shared.prefix_ids.to(device), attention_mask=prefix_mask,
          position_ids=torch.arange(prefix_mask.shape[1], device=device).expand_as(prefix_mask),
          past_key_values=cache, use_cache=True)
+    if cache.get_seq_length() != prefix_mask.shape[1]:
+        raise RuntimeError(f"{type(body).__name__} did not fill the key/value cache for its prompts")
     rows = shared.rows.to(device)
     cache.batch_select_indices(rows)
     mask = torch.cat([prefix_mask[rows], shared.suffix_mask.to(device)], dim=1)

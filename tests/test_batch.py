@@ -133,6 +133,23 @@ def test_a_shared_prompt_runs_once_with_the_per_row_numbers(tiny_model_dir, lora
             assert (grads[n] - p.grad).norm() <= 1e-4 * p.grad.norm(), n  # fp32 summation order
 
 
+def test_a_sliding_window_model_keeps_one_pass_per_row():
+    """A window counts cache slots, which the padding after a short prompt would stretch: such a
+    model (here Mistral's, window 4, shorter than the rows) keeps the per-row numbers."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from distrl.batch import _can_share_prompts
+
+    torch.manual_seed(0)
+    config = MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=4)
+    model = MistralForCausalLM(config).eval()
+    assert not _can_share_prompts(model.get_decoder())
+    batch = collate(_groups(), pad_id=0)
+    assert torch.equal(completion_logprobs(model, batch, 1.0),
+                       completion_logprobs(model, dataclasses.replace(batch, shared=None), 1.0))
+
+
 def test_rows_with_distinct_prompts_keep_one_pass_each():
     assert collate(_rollouts(), pad_id=0).shared is None
 

@@ -125,3 +125,9 @@ def test_learner_memory_measures_full_and_4bit_lora_on_a_tiny_model(tiny_model_d
     line = last_line("bench/learner_memory.py", "--model", tiny_model_dir,
                      "--configs", "full + AdamW;4-bit LoRA r=16, grad checkpointing")
     assert re.fullmatch(r"peak full\+AdamW / \(4-bit LoRA \+ checkpointing\) = \d+\.\d\d", line), line
+
+
+def test_shared_prompts_times_both_sides_on_a_tiny_model(tiny_model_dir):
+    line = last_line("bench/shared_prompts.py", "--model", tiny_model_dir, "--families", "arithmetic",
+                     "--prompts", "2", "--rows", "4", "--repeats", "1")
+    assert re.fullmatch(r"shared/per_row forward_backward_s = \d+\.\d\d", line), line

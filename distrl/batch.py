@@ -41,7 +41,7 @@ class Collated:
     shared: SharedPrompts | None = None  # where rows share prompts (a group's samples)
 
 
-def collate(rollouts: Sequence[Rollout], pad_id: int) -> Collated:
+def collate(rollouts: Sequence[Rollout], pad_id: int, share_prompts: bool = True) -> Collated:
     n = len(rollouts)
     seq_len = max(len(r.prompt_ids) + len(r.completion_ids) for r in rollouts)
     comp_len = max(1, max(len(r.completion_ids) for r in rollouts))
@@ -62,7 +62,7 @@ def collate(rollouts: Sequence[Rollout], pad_id: int) -> Collated:
             completion_mask[i, :c] = 1.0
             old_logprobs[i, :c] = torch.tensor(r.logprobs, dtype=torch.float32)
     return Collated(input_ids, attention_mask, positions, completion_ids, completion_mask, old_logprobs,
-                    _shared_prompts(rollouts, pad_id, comp_len))
+                    _shared_prompts(rollouts, pad_id, comp_len) if share_prompts else None)
 
 
 def _shared_prompts(rollouts: Sequence[Rollout], pad_id: int, comp_len: int) -> SharedPrompts | None:

@@ -274,9 +274,7 @@ class LearnerActor:
         a gradient sampled for the gap, see `_rows_to_run`); the per-sampler gap sums ignore it.
         `prox`: these rows' log-probs before this step's first update (a later update on them).
         Returns the metrics and this forward's log-probs (B, T), detached."""
-        batch = collate(rollouts, self.tokenizer.pad_token_id)
-        if not self.share_prompts:
-            batch.shared = None
+        batch = collate(rollouts, self.tokenizer.pad_token_id, self.share_prompts)
         mask = batch.completion_mask.to(self.device)
         # Rows with advantage 0 and no KL term have exactly zero gradient: when a whole
         # micro-batch is such rows, a forward without autograd still gives logprob_gap at about

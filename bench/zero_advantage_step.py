@@ -10,11 +10,12 @@ prompts x 8 samples, 48 tokens), side by side: all advantages 0; one group with 
 as now (its rows in micro-batches of their own) and as before (micro-batches by length only, so
 its rows share them with rows without signal, and every micro-batch runs a backward); every group
 with signal. Those four forward every row (`--gap_rows 0`). Rows without a gradient are
-forwarded only to measure logprob_gap, so by default (`--gap_rows 8`) the learner forwards 8 of
-them per sampler; the rows are labelled as a default step's samplers (the learner's 2 prompts,
-3 for each of two generators), and two more cases run with that default: all advantages 0, and
-one group with signal. Medians of `--repeats`; the ratio of the all-zero cases, then the ratio of
-the one-group cases last.
+forwarded only to measure logprob_gap, so with `--gap_rows 8` (the default until 2026-12-07)
+the learner forwards 8 of them per sampler; the rows are labelled as a step's samplers (the
+learner's 2 prompts, 3 for each of two generators), and two more cases run with that setting:
+all advantages 0, and one group with signal; two more with the default `--gap_rows 2`. Medians
+of `--repeats`; the ratios of `--gap_rows 8` to 2 (all zero, one group), the ratio of the
+all-zero cases, then the ratio of the one-group cases last.
 
     python bench/zero_advantage_step.py [--groups 8] [--group 8] [--repeats 3]
 
@@ -68,7 +69,8 @@ def main() -> None:
     zero = [0.0] * len(rollouts)
     cases = {"all zero": (zero, False, 0), "one group, apart": (one, False, 0),
              "one group, by length": (one, True, 0), "all groups": (signal * args.groups, False, 0),
-             "all zero, gap_rows 8": (zero, False, 8), "one group, gap_rows 8": (one, False, 8)}
+             "all zero, gap_rows 8": (zero, False, 8), "one group, gap_rows 8": (one, False, 8),
+             "all zero, gap_rows 2": (zero, False, 2), "one group, gap_rows 2": (one, False, 2)}
     timings: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(args.repeats):
         for name, (adv, by_length, gap_rows) in cases.items():
@@ -86,6 +88,8 @@ def main() -> None:
     for name, t in med.items():
         print(f"{name:<22} {t:6.2f} s  (median of {args.repeats})")
     print(f"normal/zero = {med['all groups'] / med['all zero']:.2f}")
+    print(f"all zero: --gap_rows 8 / --gap_rows 2 = {med['all zero, gap_rows 8'] / med['all zero, gap_rows 2']:.2f}")
+    print(f"one group: --gap_rows 8 / --gap_rows 2 = {med['one group, gap_rows 8'] / med['one group, gap_rows 2']:.2f}")
     print(f"all zero: every row / --gap_rows 8 = {med['all zero'] / med['all zero, gap_rows 8']:.2f}")
     print(f"one group with signal: by length / apart = {med['one group, by length'] / med['one group, apart']:.2f}")
 

@@ -185,11 +185,11 @@ class AlgoConfig:
     std_floor: float = _field(1e-4, "Groups whose reward std is below this get advantage 0.")
     micro_batch_size: int = _field(0, "Sequences per forward/backward pass; 0 = auto: 32 where the "
                                    "learner trains in bf16/fp16 on CPU (AMX pays on long matrices), "
-                                   "else 8.")
+                                   "16 in fp32 on CPU, 8 on GPU.")
     max_tokens_per_microbatch: int = _field(0, "Also cap each micro-batch at this many padded tokens "
                                             "(rows x longest row; rows grouped by length); 0 = no cap "
                                             "(2048 with the auto micro-batch of 32).")
-    gap_rows: int = _field(8, "Rows without a gradient (advantage 0, no KL or entropy term) are "
+    gap_rows: int = _field(2, "Rows without a gradient (advantage 0, no KL or entropy term) are "
                            "forwarded only to measure logprob_gap: at most this many per sampler (the "
                            "learner, each generator), step and learner rank, spread over its groups; "
                            "0 = every row.")

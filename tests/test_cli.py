@@ -248,7 +248,7 @@ def test_dither_masters_is_off_unless_asked_for():
 
 
 def test_gap_rows_is_read_and_checked():
-    assert parse_args([]).algo.gap_rows == 8
+    assert parse_args([]).algo.gap_rows == 2
     assert parse_args(["--gap_rows", "0"]).algo.gap_rows == 0  # 0: every row, as before
     assert_one_line_error(cli("--gap_rows", "-1"), "--gap_rows must be >= 0")
 

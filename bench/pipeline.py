@@ -56,7 +56,7 @@ class SleepyWorker:
         return [[Rollout(p, COMPLETION, [-1.0] * len(COMPLETION), "length", self.policy_version)
                  for _ in range(sampling.n)] for p in prompts]
 
-    def step(self, rollouts, advantages, ref_logprobs=None, publish=True):
+    def step(self, rollouts, advantages, ref_logprobs=None, publish=True, lr_scale=1.0):
         time.sleep(self.train_s)
         self.policy_version += 1
         metrics = dict(loss=0.0, kl=0.0, clip_frac=0.0, logprob_gap=0.0, grad_norm=1.0,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from distrl.algorithms import ADVANTAGES, KL_ESTIMATORS, LEARNERS, LOSS_AGGREGATIONS, POLICY_LOSSES
-from distrl.optim import OPTIMIZERS
+from distrl.optim import LR_SCHEDULES, OPTIMIZERS
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -153,6 +153,9 @@ class SamplingConfig:
 class AlgoConfig:
     learner: str = _field("grpo", "Learning algorithm.", choices=sorted(LEARNERS))
     lr: float = _field(1e-5, "AdamW learning rate.")
+    lr_schedule: str = _field("constant", "The lr over the run: constant, or decayed to 0 at the end of "
+                              "--max_steps or --time_budget_s, whichever comes first (linear, cosine).",
+                              choices=list(LR_SCHEDULES))
     beta: float = _field(0.0, "KL coefficient to the reference model (k3 estimator); 0 = no "
                          "reference model.")
     algo_preset: str = _field("", "Set the flags below as a paper did (explicit flags still win): grpo, "

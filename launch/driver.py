@@ -29,6 +29,7 @@ from distrl.data import PromptSampler
 from distrl.data.prompts import encode_prompt
 from distrl.generation import Rollout, SamplingParams
 from distrl.generation.base import vllm_device
+from distrl.optim import lr_scale
 from distrl.precision import GAP_LIMITS
 from distrl.plot import draw as draw_plots
 from distrl.rewards.pool import RewardPool
@@ -71,6 +72,7 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
         self.eval_repeat_start: float | None = None  # step 0's eval_repeat_frac
         self.started = time.perf_counter()  # train() restarts it; the clock of --time_budget_s
         self.budget_spent = False
+        self.lr_progress = 0.0  # how far --lr_schedule has gone (0 to 1); checkpoints keep it
         self.gap_limit = cfg.run.max_logprob_gap or GAP_LIMITS.get(cfg.model.dtype, GAP_LIMITS["bfloat16"])
         self._too_long: set[int] = set()  # training rows over --max_prompt_tokens
         self._pids = {name: info.get("pid") for name, info in (actors.info or {}).items()}  # restarts count once
@@ -236,7 +238,8 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
         rollouts, adv, ref_lp, extra = learning_signal(self.cfg, rnd.groups, rnd.rewards, self.actors.reference)
         self.flat_steps = count_flat_steps(self.flat_steps, extra["frac_zero_std"], step, cfg)
         t_ref = time.perf_counter()
-        train, gaps = self._learn(step, rollouts, adv, ref_lp)
+        scale = self._lr_scale(step)
+        train, gaps = self._learn(step, rollouts, adv, ref_lp, scale)
         t_train = time.perf_counter()
         self.budget_spent = self._out_of_time()  # decided once: this step is then the last
         if self._sample_during_sync(step):  # the learner holds the new weights already
@@ -247,7 +250,7 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
             sync_s = self._sync(self._newest_weights(), self.policy_version, block=cfg.run.pipeline_depth == 0)
         metrics = {"step": step, **self._metrics(rnd, train, gaps, extra), "gen_s": rnd.gen_s,
                    "reward_s": rnd.reward_s, "ref_s": t_ref - t_reward, "train_s": t_train - t_ref,
-                   "learner_comm_s": train.get("comm_s", 0.0), "sync_s": sync_s,
+                   "learner_comm_s": train.get("comm_s", 0.0), "sync_s": sync_s, "lr": cfg.algo.lr * scale,
                    "rollouts_dropped": self.rollouts_dropped - dropped_before, "sampling_rounds": sampling_rounds,
                    **replayed}
         metrics["step_s"] = time.perf_counter() - t0
@@ -265,14 +268,25 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
                                 "policy_version": first.policy_version,
                                 "completion": self.tokenizer.decode(first.completion_ids, skip_special_tokens=True)})
 
+    def _lr_scale(self, step: int) -> float:
+        """--lr_schedule's factor for this step's update. The run's progress is the larger of the
+        steps done over --max_steps and the time spent over --time_budget_s, and never goes back
+        (a resumed run's budget starts again; its lr does not climb)."""
+        run = self.cfg.run
+        progress = (step - 1) / max(run.max_steps, 1)
+        if run.time_budget_s > 0:
+            progress = max(progress, (time.perf_counter() - self.started) / run.time_budget_s)
+        self.lr_progress = max(self.lr_progress, min(progress, 1.0))
+        return lr_scale(self.cfg.algo.lr_schedule, self.lr_progress)
+
     def _learn(self, step: int, rollouts: list[Rollout], adv: list[float],
-               ref_lp: list | None) -> tuple[dict, dict[str, float]]:
-        """The update, and the checks on it: skipped updates, replicas that differ, and each
-        actor's logprob_gap; returns the learner's metrics and the gaps by source."""
+               ref_lp: list | None, scale: float = 1.0) -> tuple[dict, dict[str, float]]:
+        """The update at --lr times `scale`, and the checks on it: skipped updates, replicas that
+        differ, and each actor's logprob_gap; returns the learner's metrics and the gaps by source."""
         cfg = self.cfg
         # Weights are packed only for an update a broadcast follows (--weight_sync_every).
         publish = (self.policy_version + 1) % cfg.run.weight_sync_every == 0
-        metrics_refs, weights_ref = self.learners.step(rollouts, adv, ref_lp, publish=publish)
+        metrics_refs, weights_ref = self.learners.step(rollouts, adv, ref_lp, publish=publish, lr_scale=scale)
         if cfg.run.pipeline_depth and step < cfg.run.max_steps:  # queued behind this update
             self._launch(self._pending[step + 1], "learner")
         train = self.learners.metrics(metrics_refs, cfg.run.timeout_s)

@@ -86,12 +86,12 @@ class LearnerGroup:
         return self.wait(self.call(method, *args), timeout_s, what)[0]
 
     def step(self, rollouts: list[Rollout], advantages: list[float],
-             ref_logprobs: list | None, publish: bool = True) -> tuple[list[Any], Any]:
-        """Start one update: the batch split over the ranks by tokens; (metrics refs, rank 0's
-        weights ref, whose value is None without `publish`)."""
+             ref_logprobs: list | None, publish: bool = True, lr_scale: float = 1.0) -> tuple[list[Any], Any]:
+        """Start one update at --lr times `lr_scale`: the batch split over the ranks by tokens;
+        (metrics refs, rank 0's weights ref, whose value is None without `publish`)."""
         if len(self.handles) == 1:
             metrics, weights = self.handles[0].step.options(num_returns=2).remote(rollouts, advantages, ref_logprobs,
-                                                                                 publish=publish)
+                                                                                 publish=publish, lr_scale=lr_scale)
             return [metrics], weights
         totals = (float(sum(len(r.completion_ids) for r in rollouts)), len(rollouts))
         parts = split_by_tokens([len(r.prompt_ids) + len(r.completion_ids) for r in rollouts], len(self.handles))
@@ -100,7 +100,7 @@ class LearnerGroup:
             refs.append(handle.step.options(num_returns=2).remote(
                 [rollouts[i] for i in part], [advantages[i] for i in part],
                 [ref_logprobs[i] for i in part] if ref_logprobs is not None else None,
-                totals, rollouts[0] if self.fsdp else None, publish=publish))
+                totals, rollouts[0] if self.fsdp else None, publish=publish, lr_scale=lr_scale))
         return [m for m, _ in refs], refs[0][1]
 
     def metrics(self, refs: list[Any], timeout_s: float) -> dict[str, float]:

@@ -29,7 +29,7 @@ from distrl.generation.hf import HFBackend
 from distrl.models import (TrainingKernels, load_policy, load_tokenizer, load_unsloth_policy, low_precision_cpu,
                            pick_device, tokenizer_fingerprint, trainable_parameters, wants_compile, where)
 from distrl import parallel
-from distrl.optim import ShardedCPUAdamW, clip_and_step, make_optimizer, set_hyperparameters
+from distrl.optim import ShardedCPUAdamW, clip_and_step, make_optimizer, set_hyperparameters, set_lr
 from distrl.weights import PackedWeights, WeightPacker
 
 
@@ -134,9 +134,10 @@ class LearnerActor:
 
     def step(self, rollouts: list[Rollout], advantages: list[float], ref_logprobs: list[list[float]] | None = None,
              batch_totals: tuple[float, int] | None = None, filler: Rollout | None = None,
-             publish: bool = True) -> tuple[dict, PackedWeights | None]:
-        """One update on `rollouts` (flat) with one advantage each; returns (metrics, new weights),
-        the weights None without `publish` (no broadcast follows this update: nothing to pack).
+             publish: bool = True, lr_scale: float = 1.0) -> tuple[dict, PackedWeights | None]:
+        """One update on `rollouts` (flat) with one advantage each, at --lr times `lr_scale` (the
+        driver's --lr_schedule); returns (metrics, new weights), the weights None without
+        `publish` (no broadcast follows this update: nothing to pack).
 
         In a group, `rollouts` is this rank's part and `batch_totals` the whole batch's
         (completion tokens, rollouts), which normalise the loss; metrics are this rank's share
@@ -161,7 +162,7 @@ class LearnerActor:
             plans += [[]] * (parallel.max_over_ranks(len(plans), self.device) - len(plans))
         args = rollouts, advantages, ref_logprobs, num_tokens, num_seqs, filler, needs_grad, gap_weight
         totals, prox = self._forward_backward(plans, *args)
-        grad_norm, comm_s = self._update(totals.get("loss", 0.0))
+        grad_norm, comm_s = self._update(totals.get("loss", 0.0), lr_scale)
         changed = math.isfinite(grad_norm)
         # GRPO's mu: more updates on the same rollouts, each clipped around the batch's pre-update
         # policy (its first forward, `prox`). Only rows with a gradient run again; in a group every
@@ -177,7 +178,7 @@ class LearnerActor:
         reuse_clip = []
         for _ in range(self.algo.updates_per_batch - 1 if more_updates else 0):
             more, _ = self._forward_backward(again, *args, prox=prox)
-            more_norm, more_comm = self._update(more.get("loss", 0.0))
+            more_norm, more_comm = self._update(more.get("loss", 0.0), lr_scale)
             comm_s += more_comm
             if not math.isfinite(more_norm):
                 break
@@ -218,9 +219,11 @@ class LearnerActor:
                     totals[k] = totals.get(k, 0.0) + v
         return totals, logprobs
 
-    def _update(self, loss: float) -> tuple[float, float]:
-        """Sum the gradients over ranks where needed, clip and step; returns (grad_norm, comm_s).
-        A non-finite loss (NaN weights, overflow) never reaches the weights: grad_norm NaN."""
+    def _update(self, loss: float, lr_scale: float = 1.0) -> tuple[float, float]:
+        """Sum the gradients over ranks where needed, clip and step at --lr times `lr_scale`;
+        returns (grad_norm, comm_s). A non-finite loss (NaN weights, overflow) never reaches the
+        weights: grad_norm NaN. The optimizer holds --lr between updates, so a checkpoint keeps
+        the run's lr, not one step's."""
         bad_loss = not math.isfinite(loss)
         comm_start = time.perf_counter()
         if self.world_size > 1:  # every rank must skip together, or the collectives misalign
@@ -232,7 +235,11 @@ class LearnerActor:
         if self.world_size > 1 and not self.fsdp and not isinstance(self.optimizer, ShardedCPUAdamW):
             parallel.sum_grads(params)  # FSDP reduce-scatters in backward; ShardedCPUAdamW reduces itself
         comm_s = time.perf_counter() - comm_start
-        grad_norm = clip_and_step(self.optimizer, params, self.algo.max_grad_norm)
+        set_lr(self.optimizer, self.algo.lr * lr_scale)
+        try:
+            grad_norm = clip_and_step(self.optimizer, params, self.algo.max_grad_norm)
+        finally:
+            set_lr(self.optimizer, self.algo.lr)
         return grad_norm, comm_s + getattr(self.optimizer, "comm_s", 0.0)
 
     def _rows_to_run(self, rollouts: list[Rollout], needs_grad: list[bool] | None) -> tuple[list[int], float]:

@@ -3,6 +3,7 @@ the generators (they sample fixed tokens and count calls): what a user reads in 
 must count each event once, survive a resume, and cost nothing that is not used."""
 
 import os
+import time
 
 import pytest
 import ray
@@ -19,7 +20,7 @@ class Stub:
     """A learner or generator that samples two fixed tokens and records what it was asked."""
 
     def __init__(self):
-        self.version, self.published = 0, []
+        self.version, self.published, self.lr_scales = 0, [], []
 
     def ready(self):
         return {"pid": os.getpid()}
@@ -27,8 +28,9 @@ class Stub:
     def generate(self, prompts, sampling):
         return [[Rollout(p, [5, 6], [-1.0, -1.0], "length", self.version) for _ in range(sampling.n)] for p in prompts]
 
-    def step(self, rollouts, advantages, ref_logprobs=None, publish=True):
+    def step(self, rollouts, advantages, ref_logprobs=None, publish=True, lr_scale=1.0):
         self.version += 1
+        self.lr_scales.append(lr_scale)
         self.published.append(publish)
         metrics = dict(loss=0.0, kl=0.0, clip_frac=0.0, grad_norm=1.0, skipped_update=0.0, train_s=0.0,
                        policy_version=self.version, logprob_gap=0.0)
@@ -44,13 +46,20 @@ class Stub:
         return self.version
 
     def save_checkpoint(self, folder):
+        with open(os.path.join(folder, "stub_version"), "w") as f:
+            f.write(str(self.version))
         return self.version
 
     def load_checkpoint(self, folder):
+        with open(os.path.join(folder, "stub_version")) as f:
+            self.version = int(f.read())
         return self.version
 
     def asked(self):
         return self.published
+
+    def scales(self):
+        return self.lr_scales
 
 
 class _Tokenizer:
@@ -117,6 +126,31 @@ def test_prompts_dropped_survive_a_resume(make_trainer):
     resumed = make_trainer()
     resumed._restore(checkpoint.latest(trainer.setup.checkpoint_root))
     assert resumed._too_long == {3, 5}
+
+
+def test_the_lr_schedule_follows_the_time_budget_and_a_resume_never_raises_it(make_trainer):
+    """--lr_schedule linear over --time_budget_s 100 (--max_steps far away): half the budget spent
+    is half the lr, in the update and in metrics.jsonl. A resumed run's budget starts again; its lr
+    stays where the checkpoint left it until the new clock passes it."""
+    flags = ("--lr_schedule", "linear", "--time_budget_s", "100", "--max_steps", "1000", "--lr", "1e-4")
+    trainer = make_trainer(*flags)
+    trainer.started = time.perf_counter() - 50
+    metrics = trainer.step(1)
+    assert metrics["lr"] == pytest.approx(0.5e-4, rel=0.01)
+    assert ray.get(trainer.actors.learner.scales.remote()) == [pytest.approx(0.5, rel=0.01)]
+    trainer.data_position = (0, 4)
+    trainer.save(1)
+    resumed = make_trainer(*flags)
+    resumed._restore(checkpoint.latest(trainer.setup.checkpoint_root))
+    resumed.weights_ref = resumed.actors.learner.publish.remote()  # as train() does after a restore
+    resumed._sync(resumed.weights_ref, resumed.policy_version)
+    resumed.started = time.perf_counter() - 10  # the new budget's clock: 10% spent
+    assert resumed.step(2)["lr"] == pytest.approx(0.5e-4, rel=0.01)
+    resumed.started = time.perf_counter() - 80
+    assert resumed.step(3)["lr"] == pytest.approx(0.2e-4, rel=0.01)
+    constant = make_trainer("--time_budget_s", "100", "--lr", "1e-4")
+    constant.started = time.perf_counter() - 50
+    assert constant.step(1)["lr"] == 1e-4
 
 
 @pytest.mark.parametrize("chunk", ["0", "1"])

@@ -115,6 +115,19 @@ def test_state_dict_round_trip_resumes_identically(master_copy):
         assert torch.equal(a, b)
 
 
+def test_lr_schedules_start_at_the_lr_and_reach_zero_at_the_end():
+    from distrl.optim import LR_SCHEDULES, lr_scale
+
+    for schedule in LR_SCHEDULES:
+        assert lr_scale(schedule, 0.0) == 1.0
+        assert lr_scale(schedule, -1.0) == 1.0 and lr_scale(schedule, 2.0) == lr_scale(schedule, 1.0)
+    assert [lr_scale("constant", p) for p in (0.25, 1.0)] == [1.0, 1.0]
+    assert [lr_scale("linear", p) for p in (0.25, 0.5, 1.0)] == pytest.approx([0.75, 0.5, 0.0])
+    assert [lr_scale("cosine", p) for p in (0.25, 0.5, 1.0)] == pytest.approx([0.8536, 0.5, 0.0], abs=1e-4)
+    with pytest.raises(KeyError, match="valid: constant, linear, cosine"):
+        lr_scale("step", 0.5)
+
+
 def test_lr_schedule_hook_and_non_finite_gradients_skip():
     model = _model()
     opt = CPUAdamW(model.parameters(), lr=1e-2, lr_schedule=lambda update: 0.5 ** update)

@@ -283,6 +283,29 @@ def test_a_resumed_run_updates_at_its_own_lr_not_the_checkpoints(tiny_model_dir,
     assert moved[1e-3] == pytest.approx(0.1 * moved[1e-2], rel=0.02), moved
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "cpu_adamw", "adamw_8bit"])
+def test_an_update_steps_at_the_schedules_lr_and_the_optimizer_keeps_the_runs(tiny_model_dir, optimizer):
+    """`lr_scale` (the driver's --lr_schedule) scales the update: from the same weights, state and
+    rollouts, 0.25 moves the weights a quarter as far as 1.0 (Adam's first step is lr times the
+    gradient's sign, so the ratio is exact), and 0 not at all. The optimizer is left at --lr, which
+    is what a checkpoint saves and a resume compares with."""
+    fp32 = ModelConfig(dtype="float32")
+    generator = GenerationActor(tiny_model_dir, fp32, torch_threads=1)
+    moved = {}
+    for scale in (1.0, 0.25, 0.0):
+        learner_actor = LearnerActor(tiny_model_dir, fp32, AlgoConfig(lr=1e-2, optimizer=optimizer), temperature=1.0,
+                                     torch_threads=1)
+        generator.load_weights(learner_actor.publish())
+        rollouts, adv = _rollouts(generator, learner_actor, seed=0)
+        before = {n: p.detach().clone() for n, p in learner_actor.params.items()}
+        metrics, _ = learner_actor.step(rollouts, adv, lr_scale=scale)
+        moved[scale] = max(float((p.detach() - before[n]).abs().max()) for n, p in learner_actor.params.items())
+        inner = getattr(learner_actor.optimizer, "inner", learner_actor.optimizer)
+        assert [g["lr"] for g in inner.param_groups] == [1e-2] * len(inner.param_groups)
+    assert moved[1.0] > 1e-3 and moved[0.0] == 0.0, moved
+    assert moved[0.25] == pytest.approx(0.25 * moved[1.0], rel=0.05), moved
+
+
 def test_adamw_8bit_learner_updates(tiny_model_dir):
     fp32 = ModelConfig(dtype="float32")  # 8-bit AdamW keeps no fp32 masters
     learner_actor = LearnerActor(tiny_model_dir, fp32, AlgoConfig(lr=1e-2, optimizer="adamw_8bit"),

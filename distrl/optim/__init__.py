@@ -39,17 +39,48 @@ def make_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, w
     raise KeyError(f"unknown optimizer '{name}'; valid: {', '.join(OPTIMIZERS)}")
 
 
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
+def lr_scale(schedule: str, progress: float) -> float:
+    """The factor on --lr at `progress` (0 at the first step, 1 at the end of --max_steps or
+    --time_budget_s): constant 1; linear 1 - progress; cosine (1 + cos(pi * progress)) / 2."""
+    progress = min(max(progress, 0.0), 1.0)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "linear":
+        return 1.0 - progress
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise KeyError(f"unknown lr schedule '{schedule}'; valid: {', '.join(LR_SCHEDULES)}")
+
+
+def _groups(optimizer) -> list[dict] | None:
+    """The param groups whose "lr" an update reads (None for a rank that owns no shard)."""
+    inner = optimizer.local if isinstance(optimizer, ShardedCPUAdamW) else optimizer
+    if inner is None:
+        return None
+    return inner.inner.param_groups if isinstance(inner, CPUAdamW) else inner.param_groups
+
+
+def set_lr(optimizer, lr: float) -> None:
+    """The lr of the next update (the schedule's; see `lr_scale`)."""
+    for group in _groups(optimizer) or []:
+        group["lr"] = lr
+
+
 def set_hyperparameters(optimizer, lr: float, weight_decay: float) -> float | None:
     """Give a loaded optimizer this run's lr and weight decay; returns the lr it was saved with
     (None for a rank that owns no shard). torch's load_state_dict restores every param group's
     hyperparameters, so a run resumed with another --lr would otherwise keep the old one."""
-    inner = optimizer.local if isinstance(optimizer, ShardedCPUAdamW) else optimizer
-    if inner is None:
+    groups = _groups(optimizer)
+    if groups is None:
         return None
+    inner = optimizer.local if isinstance(optimizer, ShardedCPUAdamW) else optimizer
     if isinstance(inner, CPUAdamW):
-        inner.base_lr, inner = lr, inner.inner
-    saved = float(inner.param_groups[0]["lr"])
-    for group in inner.param_groups:
+        inner.base_lr = lr
+    saved = float(groups[0]["lr"])
+    for group in groups:
         group["lr"], group["weight_decay"] = lr, weight_decay
     return saved
 
@@ -73,4 +104,5 @@ def clip_and_step(optimizer, params: list[torch.nn.Parameter], max_grad_norm: fl
     return norm
 
 
-__all__ = ["CPUAdamW", "ShardedCPUAdamW", "OPTIMIZERS", "clip_and_step", "make_optimizer", "set_hyperparameters"]
+__all__ = ["CPUAdamW", "ShardedCPUAdamW", "LR_SCHEDULES", "OPTIMIZERS", "clip_and_step", "lr_scale", "make_optimizer",
+           "set_hyperparameters", "set_lr"]

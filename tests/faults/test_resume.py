@@ -1,6 +1,6 @@
 """Exact resume: a run SIGKILLed after step 3 and resumed to step 6 ends where an uninterrupted
-run ends, having seen the same prompts in the same order, across an epoch boundary: in fp32, and
-in bf16 with CPUAdamW's fp32 masters, bit for bit. The saved model is in the run's dtype: in bf16,
+run ends, having seen the same prompts in the same order, across an epoch boundary: in fp32 (with
+a decaying lr), and in bf16 with CPUAdamW's fp32 masters, bit for bit. The saved model is in the run's dtype: in bf16,
 the weights the generators ran, not the masters."""
 
 import json
@@ -31,15 +31,15 @@ def _flat(state, prefix=""):
     return {k: v for key, value in items for k, v in _flat(value, f"{prefix}/{key}").items()}
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_killed_and_resumed_run_equals_the_uninterrupted_one(tiny_model_dir, tmp_path, dtype):
+@pytest.mark.parametrize("dtype,schedule", [("float32", "linear"), ("bfloat16", "constant")])
+def test_killed_and_resumed_run_equals_the_uninterrupted_one(tiny_model_dir, tmp_path, dtype, schedule):
     # 12 rows, 4 prompts a step: step 3 ends the first epoch exactly, and so does the checkpoint.
     train = write_rows(tmp_path / "train.jsonl", [f"Say {i} ones" for i in range(12)])
     held_out = write_rows(tmp_path / "eval.jsonl", [f"Eval {i}" for i in range(4)])
     # Replay off: every prompt of a step is a fresh one, so the epoch ends at step 3 (the replay
     # queue across a resume is the last test's).
     common = ["--dataset", train, "--eval_dataset", held_out, "--max_steps", "6", "--save_every", "3",
-              "--seed", "3", "--dtype", dtype, "--replay_prompts", "0"]
+              "--seed", "3", "--dtype", dtype, "--replay_prompts", "0", "--lr_schedule", schedule]
 
     code, out, err = Run(run_args(tiny_model_dir, tmp_path, "straight", *common)).finish()
     assert code == 0, err[-3000:]
@@ -54,6 +54,10 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_one(tiny_model_dir, tmp
     code, out, err = Run(run_args(tiny_model_dir, tmp_path, "broken", *common, "--resume", "auto")).finish()
     assert code == 0, err[-3000:]
     assert [m["step"] for m in metrics(tmp_path / "broken")[1:]] == [1, 2, 3, 4, 5, 6]
+    # --lr 1e-2 at every step, or decayed linearly over the 6 steps, on through the resume.
+    expected = [1e-2 * (1 - (s - 1) / 6 if schedule == "linear" else 1) for s in range(1, 7)]
+    for run in ("straight", "broken"):
+        assert [m["lr"] for m in metrics(tmp_path / run)[1:]] == pytest.approx(expected), run
 
     a = load_file(tmp_path / "straight" / "final" / "model.safetensors")
     b = load_file(tmp_path / "broken" / "final" / "model.safetensors")

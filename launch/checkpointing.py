@@ -69,7 +69,7 @@ class Checkpointing:
                  "eval_tokens": self.cfg.sampling.eval_tokens,
                  "rollouts_generated": self.rollouts_generated, "rollouts_dropped": self.rollouts_dropped,
                  "generator_restarts": self.generator_restarts, "prompts_dropped": sorted(self._too_long),
-                 "replay": self.replay_state, "lr_progress": self.lr_progress,
+                 "replay": self.replay_state,
                  "config": self.cfg.to_dict(),
                  "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         with open(os.path.join(folder, checkpoint.TRAINER_STATE), "w") as f:
@@ -102,7 +102,6 @@ class Checkpointing:
         self._too_long = set(state.get("prompts_dropped", []))
         self.replay.restore(state.get("replay"))  # absent in older checkpoints: an empty queue
         self.replay_state = self.replay.state()
-        self.lr_progress = state.get("lr_progress", 0.0)  # absent in older checkpoints: from the start
         self.log.keep_through(self.start_step)
         self.samples.keep_through(self.start_step)
         print(f"resumed from {found.path}: step {self.start_step}, policy version {version}", flush=True)

@@ -72,7 +72,6 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
         self.eval_repeat_start: float | None = None  # step 0's eval_repeat_frac
         self.started = time.perf_counter()  # train() restarts it; the clock of --time_budget_s
         self.budget_spent = False
-        self.lr_progress = 0.0  # how far --lr_schedule has gone (0 to 1); checkpoints keep it
         self.gap_limit = cfg.run.max_logprob_gap or GAP_LIMITS.get(cfg.model.dtype, GAP_LIMITS["bfloat16"])
         self._too_long: set[int] = set()  # training rows over --max_prompt_tokens
         self._pids = {name: info.get("pid") for name, info in (actors.info or {}).items()}  # restarts count once
@@ -238,7 +237,7 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
         rollouts, adv, ref_lp, extra = learning_signal(self.cfg, rnd.groups, rnd.rewards, self.actors.reference)
         self.flat_steps = count_flat_steps(self.flat_steps, extra["frac_zero_std"], step, cfg)
         t_ref = time.perf_counter()
-        scale = self._lr_scale(step)
+        scale = self._lr_scale(step, t0)
         train, gaps = self._learn(step, rollouts, adv, ref_lp, scale)
         t_train = time.perf_counter()
         self.budget_spent = self._out_of_time()  # decided once: this step is then the last
@@ -268,16 +267,17 @@ class Trainer(GeneratorFleet, Scoring, Checkpointing):
                                 "policy_version": first.policy_version,
                                 "completion": self.tokenizer.decode(first.completion_ids, skip_special_tokens=True)})
 
-    def _lr_scale(self, step: int) -> float:
-        """--lr_schedule's factor for this step's update. The run's progress is the larger of the
-        steps done over --max_steps and the time spent over --time_budget_s, and never goes back
-        (a resumed run's budget starts again; its lr does not climb)."""
+    def _lr_scale(self, step: int, began: float) -> float:
+        """--lr_schedule's factor for this step's update: the run's progress when the step `began`
+        is the larger of the steps done over --max_steps and the time spent over --time_budget_s.
+        The budget is checked after each update, so a step begins inside it and the last one
+        still learns (unless the weight sync before it ran past the budget). The same steps give
+        the same lr after a resume; a resumed time budget starts again, and so does its decay."""
         run = self.cfg.run
         progress = (step - 1) / max(run.max_steps, 1)
         if run.time_budget_s > 0:
-            progress = max(progress, (time.perf_counter() - self.started) / run.time_budget_s)
-        self.lr_progress = max(self.lr_progress, min(progress, 1.0))
-        return lr_scale(self.cfg.algo.lr_schedule, self.lr_progress)
+            progress = max(progress, (began - self.started) / run.time_budget_s)
+        return lr_scale(self.cfg.algo.lr_schedule, progress)
 
     def _learn(self, step: int, rollouts: list[Rollout], adv: list[float],
                ref_lp: list | None, scale: float = 1.0) -> tuple[dict, dict[str, float]]:

@@ -128,11 +128,11 @@ def test_prompts_dropped_survive_a_resume(make_trainer):
     assert resumed._too_long == {3, 5}
 
 
-def test_the_lr_schedule_follows_the_time_budget_and_a_resume_never_raises_it(make_trainer):
+def test_the_lr_schedule_follows_the_time_budget_and_a_resumed_budget_decays_again(make_trainer):
     """--lr_schedule linear over --time_budget_s 100 (--max_steps far away): half the budget spent
-    is half the lr, in the update and in metrics.jsonl. A resumed run's budget starts again; its lr
-    stays where the checkpoint left it until the new clock passes it."""
-    flags = ("--lr_schedule", "linear", "--time_budget_s", "100", "--max_steps", "1000", "--lr", "1e-4")
+    when the step begins is half the lr, in the update and in metrics.jsonl. A resumed run's budget
+    starts again, and so does its decay (the steps' share of --max_steps still counts)."""
+    flags = ("--lr_schedule", "linear", "--time_budget_s", "100", "--max_steps", "10", "--lr", "1e-4")
     trainer = make_trainer(*flags)
     trainer.started = time.perf_counter() - 50
     metrics = trainer.step(1)
@@ -144,8 +144,8 @@ def test_the_lr_schedule_follows_the_time_budget_and_a_resume_never_raises_it(ma
     resumed._restore(checkpoint.latest(trainer.setup.checkpoint_root))
     resumed.weights_ref = resumed.actors.learner.publish.remote()  # as train() does after a restore
     resumed._sync(resumed.weights_ref, resumed.policy_version)
-    resumed.started = time.perf_counter() - 10  # the new budget's clock: 10% spent
-    assert resumed.step(2)["lr"] == pytest.approx(0.5e-4, rel=0.01)
+    resumed.started = time.perf_counter()  # the new budget's clock
+    assert resumed.step(2)["lr"] == pytest.approx(0.9e-4, rel=0.01)  # step 2 of 10: the steps' share
     resumed.started = time.perf_counter() - 80
     assert resumed.step(3)["lr"] == pytest.approx(0.2e-4, rel=0.01)
     constant = make_trainer("--time_budget_s", "100", "--lr", "1e-4")

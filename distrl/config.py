@@ -153,9 +153,10 @@ class SamplingConfig:
 class AlgoConfig:
     learner: str = _field("grpo", "Learning algorithm.", choices=sorted(LEARNERS))
     lr: float = _field(1e-5, "AdamW learning rate.")
-    lr_schedule: str = _field("constant", "The lr over the run: constant, or decayed to 0 at the end of "
-                              "--max_steps or --time_budget_s, whichever comes first (linear, cosine; a resumed "
-                              "time budget decays again over its new budget).",
+    lr_schedule: str = _field("linear", "The lr over the run: decayed to 0 at the end of --max_steps or "
+                              "--time_budget_s, whichever comes first (linear, cosine; chosen on validation "
+                              "data: README, Does it learn?), or constant. A resumed time budget decays again "
+                              "over its new budget.",
                               choices=list(LR_SCHEDULES))
     beta: float = _field(0.0, "KL coefficient to the reference model (k3 estimator); 0 = no "
                          "reference model.")

@@ -247,6 +247,13 @@ def test_dither_masters_is_off_unless_asked_for():
     assert parse_args(["--dither_masters"]).algo.dither_masters is True
 
 
+def test_the_lr_decays_linearly_unless_asked_otherwise():
+    assert parse_args([]).algo.lr_schedule == "linear"
+    assert parse_args(["--lr_schedule", "constant"]).algo.lr_schedule == "constant"
+    proc = cli("--lr_schedule", "step")
+    assert proc.returncode == 2 and "choose from 'constant', 'linear', 'cosine'" in proc.stderr
+
+
 def test_gap_rows_is_read_and_checked():
     assert parse_args([]).algo.gap_rows == 2
     assert parse_args(["--gap_rows", "0"]).algo.gap_rows == 0  # 0: every row, as before

@@ -148,7 +148,7 @@ def test_the_lr_schedule_follows_the_time_budget_and_a_resumed_budget_decays_aga
     assert resumed.step(2)["lr"] == pytest.approx(0.9e-4, rel=0.01)  # step 2 of 10: the steps' share
     resumed.started = time.perf_counter() - 80
     assert resumed.step(3)["lr"] == pytest.approx(0.2e-4, rel=0.01)
-    constant = make_trainer("--time_budget_s", "100", "--lr", "1e-4")
+    constant = make_trainer("--lr_schedule", "constant", "--time_budget_s", "100", "--lr", "1e-4")
     constant.started = time.perf_counter() - 50
     assert constant.step(1)["lr"] == 1e-4
 

@@ -16,7 +16,8 @@ TRL runs in its own virtual environment (.venv-trl, created here on first use; T
 project dependency) through bench/trl_grpo.py, whose docstring lists its settings.
 
 Every finished run is stored as JSON under bench/results/FAMILY/, keyed by system, seed, budget,
-split and version (distrl: the commit; TRL: its version; the untrained model: none), with the
+split and version (distrl: the commit; TRL: its version, and `-float32` where it ran in fp32: see
+`--trl_dtype`; the untrained model: none), with the
 machine it ran on (CPU, cores, bf16 units; a reused run from another machine is warned about, as
 its budget bought another amount of training), and reused:
 a bench that was interrupted picks up where it stopped, `--only FAMILY` runs one family and
@@ -162,7 +163,24 @@ def trl_python() -> str:
     return python
 
 
-def run_trl(family: str, seed: int, budget_s: float, out: str, model: str) -> dict:
+def trl_dtype(choice: str, flags: set[str]) -> str:
+    """TRL's compute dtype: its own default (bf16) where the CPU has bf16 matrix units, else fp32,
+    as distrl's `--dtype auto`. Without them bf16 matrix work is emulated, ~5x slower than fp32 on
+    the Intel Xeon (142 against 29 GFLOP/s, 1024^2 matmul, one thread): TRL's default there would
+    be a peer built to lose."""
+    from distrl.precision import BF16_UNITS
+
+    if choice != "auto":
+        return choice
+    return "bfloat16" if flags & set(BF16_UNITS) else "float32"
+
+
+def trl_version(dtype: str) -> str:
+    """The key of a stored TRL run: its version, and its dtype where that is not TRL's default."""
+    return "trl1.16.0" + ("" if dtype == "bfloat16" else f"-{dtype}")
+
+
+def run_trl(family: str, seed: int, budget_s: float, out: str, model: str, dtype: str) -> dict:
     folder = os.path.join(out, f"{family}-trl-s{seed}-{budget_s / 60:g}min")
     os.makedirs(folder, exist_ok=True)
     data = os.path.join(folder, "train.jsonl")
@@ -170,12 +188,13 @@ def run_trl(family: str, seed: int, budget_s: float, out: str, model: str) -> di
         f.writelines(json.dumps(r) + "\n" for r in task_splits(family)["train"])
     proc = subprocess.run([trl_python(), os.path.join(ROOT, "bench", "trl_grpo.py"), "--model", base_model(model),
                            "--train_jsonl", data, "--budget_s", str(budget_s), "--seed", str(seed),
-                           "--out", os.path.join(folder, "final")], cwd=ROOT, capture_output=True, text=True)
+                           "--out", os.path.join(folder, "final"), "--dtype", dtype],
+                          cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"TRL on {family} failed:\n{proc.stderr[-3000:]}")
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     return {"model": os.path.join(folder, "final"), "steps": summary["steps"], "train_s": summary["train_s"],
-            "samples_per_s": summary["samples"] / summary["train_s"]}
+            "samples_per_s": summary["samples"] / summary["train_s"], "dtype": dtype}
 
 
 def lengths_table(opts) -> None:
@@ -211,6 +230,9 @@ def main() -> None:
     parser.add_argument("--print_only", action="store_true", help="train nothing: the table of stored runs")
     parser.add_argument("--at_commit", default="", help="distrl rows stored at this commit (reprint a table, "
                         "or finish one after a commit); default: the checkout's")
+    parser.add_argument("--trl_dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                        help="TRL's compute dtype: auto = bfloat16 (TRL's default) where the CPU has bf16 "
+                        "matrix units, else float32; its stored runs are keyed by it")
     parser.add_argument("--eval_rows", type=int, default=0, help="score only this many rows of the split (smoke tests)")
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -229,7 +251,10 @@ def main() -> None:
     scope = ("" if opts.model == DEFAULT_MODEL and not opts.eval_rows else
              "-" + hashlib.sha1(f"{opts.model} {opts.eval_rows}".encode()).hexdigest()[:6])
     key = f"{opts.budget_min:g}min-{opts.split}{scope}"
-    version = {"trl": "trl1.16.0"}
+    from distrl.precision import cpu_flags
+
+    dtype_of_trl = trl_dtype(opts.trl_dtype, cpu_flags())
+    version = {"trl": trl_version(dtype_of_trl)}
     here = machine()
     rows = []
     for family in opts.families:
@@ -245,7 +270,8 @@ def main() -> None:
 
                 def make() -> dict:
                     started = time.perf_counter()
-                    run = (run_trl(family, seed, budget_s, opts.output_dir, opts.model) if system == "trl" else
+                    run = (run_trl(family, seed, budget_s, opts.output_dir, opts.model, dtype_of_trl)
+                           if system == "trl" else
                            run_distrl(system, family, seed, budget_s, opts.split, opts.output_dir, preset, dtype,
                                       extra, opts.model))
                     return {**run, **evaluate(run["model"], split_rows), "wall_s": time.perf_counter() - started,

@@ -3,12 +3,16 @@ peer in bench/learning.py --vs_trl. It runs in the TRL virtual environment that 
 creates (.venv-trl); TRL is not a distrl dependency.
 
     .venv-trl/bin/python bench/trl_grpo.py --model DIR --train_jsonl F --budget_s S --seed N --out DIR
+        [--dtype bfloat16|float32]
 
 What a user of TRL would run: GRPOConfig's defaults (temperature 1.0, beta 0, loss_type dapo,
 epsilon 0.2, bf16, one optimizer step per generation batch) with the settings the issue's TRL
-run used where a default cannot run here: 8 prompts x 8 completions per step (TRL's default
-batch of 8 completions is one prompt a step), lr 1e-5 (TRL's 1e-6 barely moves a model in 20
-minutes), 48 new tokens (TRL's 512 would spend most of the budget on long tails), use_cpu.
+run used where a default cannot run here: `--dtype float32` where the CPU has no bf16 matrix
+units (bench/learning.py's `--trl_dtype auto`, as distrl's `--dtype auto`: there bf16 matrix work
+runs ~5x slower than fp32, so TRL's default would be a peer built to lose), 8 prompts x 8
+completions per step (TRL's default batch of 8 completions is one prompt a step), lr 1e-5
+(TRL's 1e-6 barely moves a model in 20 minutes), 48 new tokens (TRL's 512 would spend most of
+the budget on long tails), use_cpu.
 The reward is the exact one (1 when the last number equals the answer), as a TRL user writes.
 Training stops at the budget; the model is saved to --out and a JSON line with steps and
 seconds is printed last.
@@ -71,13 +75,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max_completion_length", type=int, default=48)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                        help="bfloat16 (GRPOConfig's bf16 autocast, TRL's default) or float32")
     opts = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     with open(opts.train_jsonl) as f:
         rows = [json.loads(line) for line in f]
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}], "answer": r["answer"]}
                               for r in rows])
-    config = GRPOConfig(output_dir=opts.out, use_cpu=True, bf16=True, seed=opts.seed,
+    config = GRPOConfig(output_dir=opts.out, use_cpu=True, bf16=opts.dtype == "bfloat16", seed=opts.seed,
                         per_device_train_batch_size=64, num_generations=8, learning_rate=1e-5,
                         max_completion_length=opts.max_completion_length, max_steps=100_000,
                         save_strategy="no", logging_steps=1, report_to=[], disable_tqdm=True)

@@ -1,6 +1,7 @@
 """Each benchmark's smallest setting runs and prints its last line in the documented format, so a
 benchmark that breaks fails CI instead of rotting (bench/pipeline.py once crashed unnoticed)."""
 
+import importlib.util
 import json
 import os
 import re
@@ -94,8 +95,11 @@ def test_learning_bench_trains_both_systems_scores_them_once_and_reuses_stored_r
     assert re.fullmatch(pattern, first), first
     stored = sorted(os.listdir(tmp_path / "results" / "word"))
     assert len(stored) == 3 and any(f.startswith("trl-") for f in stored), stored  # base, distrl, trl
-    run = json.loads((tmp_path / "results" / "word" / next(f for f in stored if f.startswith("trl-"))).read_text())
+    trl_name = next(f for f in stored if f.startswith("trl-"))
+    run = json.loads((tmp_path / "results" / "word" / trl_name).read_text())
     assert run["steps"] >= 1 and 0.0 <= run["accuracy"] <= 1.0 and run["system"] == "trl"
+    # TRL ran in the dtype this machine's auto picks, and its row is keyed by it
+    assert trl_name.endswith({"bfloat16": "-trl1.16.0.json", "float32": "-trl1.16.0-float32.json"}[run["dtype"]])
     ours = json.loads((tmp_path / "results" / "word" / next(f for f in stored if f.startswith("distrl-"))).read_text())
     assert 0.0 <= ours["loop_frac"] <= 1.0 and 0.0 <= ours["repeat_frac_end"] <= 1.0  # answers that loop
     assert isinstance(ours["warnings"], list)  # the run's learning-health warnings, kept with its row
@@ -131,3 +135,18 @@ def test_shared_prompts_times_both_sides_on_a_tiny_model(tiny_model_dir):
     line = last_line("bench/shared_prompts.py", "--model", tiny_model_dir, "--families", "arithmetic",
                      "--prompts", "2", "--rows", "4", "--repeats", "1")
     assert re.fullmatch(r"shared/per_row forward_backward_s = \d+\.\d\d", line), line
+
+
+def test_trl_runs_in_fp32_where_the_cpu_has_no_bf16_units_and_its_rows_are_keyed_apart():
+    """TRL's default bf16 autocast is emulated, ~5x slower than fp32, on a CPU without bf16 matrix
+    units: there the bench runs TRL in fp32, as distrl's --dtype auto does, and stores those runs
+    under their own key, so the bf16 rows from a machine with the units stay as they were."""
+    spec = importlib.util.spec_from_file_location("learning_bench", os.path.join(ROOT, "bench", "learning.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.trl_dtype("auto", {"avx512f", "avx2"}) == "float32"
+    assert bench.trl_dtype("auto", {"avx512f", "amx_bf16"}) == "bfloat16"
+    assert bench.trl_dtype("auto", {"avx512_bf16"}) == "bfloat16"
+    assert bench.trl_dtype("bfloat16", {"avx2"}) == "bfloat16"  # an explicit choice wins
+    assert bench.trl_version("bfloat16") == "trl1.16.0"
+    assert bench.trl_version("float32") == "trl1.16.0-float32"

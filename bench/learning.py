@@ -168,11 +168,11 @@ def trl_dtype(choice: str, flags: set[str]) -> str:
     as distrl's `--dtype auto`. Without them bf16 matrix work is emulated, ~5x slower than fp32 on
     the Intel Xeon (142 against 29 GFLOP/s, 1024^2 matmul, one thread): TRL's default there would
     be a peer built to lose."""
-    from distrl.precision import BF16_UNITS
+    from distrl.precision import cpu_bf16_units
 
     if choice != "auto":
         return choice
-    return "bfloat16" if flags & set(BF16_UNITS) else "float32"
+    return "bfloat16" if cpu_bf16_units(flags) else "float32"
 
 
 def trl_version(dtype: str) -> str:

@@ -18,8 +18,9 @@ from tests.test_jobs import head, ray_cli, submit  # noqa: F401 (head is a fixtu
 from tests.test_system import tiny_run_args
 
 DASHBOARD = "http://127.0.0.1:8265"
-pytestmark = pytest.mark.skipif(not CHROMIUM and not os.environ.get("DISTRL_REQUIRE_BROWSER"),
-                                reason="Debian's chromium is not installed (apt-get install chromium)")
+pytestmark = [pytest.mark.alone,  # the head of tests/test_jobs.py, on the dashboard's default port
+              pytest.mark.skipif(not CHROMIUM and not os.environ.get("DISTRL_REQUIRE_BROWSER"),
+                                 reason="Debian's chromium is not installed (apt-get install chromium)")]
 
 
 def _wait_for_steps(job: str, steps: int, timeout: float = 300) -> str:

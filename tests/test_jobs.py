@@ -15,6 +15,7 @@ import pytest
 from tests.test_system import tiny_run_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.alone  # `ray start` here: ray.init() in a test beside it would join this head
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 
 

@@ -6,7 +6,11 @@ training proceeds with the generators holding the learner's weights."""
 import json
 import os
 
+import pytest
+
 from tests.test_system import read_metrics, tiny_run_args, train
+
+pytestmark = pytest.mark.alone  # Cluster() writes the address ray.init() in a test beside it would join
 
 
 def test_spread_over_three_nodes_trains_with_weights_crossing_nodes(tiny_model_dir, tmp_path):

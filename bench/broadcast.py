@@ -144,6 +144,9 @@ def store_growth(path: str, versions: int, backend: str) -> float:
     gens = [ray.remote(GenerationActor).options(num_cpus=0.5).remote(path, model_cfg, backend=backend,
                                                                       torch_threads=1, vllm_options=vllm)
             for _ in range(K)]
+    # As the driver does: the actors are up before the first sync, whose deadline is for loading
+    # weights, not for starting processes (which a loaded machine can stretch past it).
+    ray.get([a.ready.remote() for a in [learner, *gens]], timeout=cfg.run.timeout_s)
     rows, eval_rows = load_splits(cfg.data, 0)
     trainer = Trainer(cfg, Setup("", _Tokenizer(), rows, eval_rows, [("numeric", 1.0)], tempfile.mkdtemp()),
                       Actors(learner, gens, None))

@@ -26,5 +26,5 @@ train: model
 	$(PY) train_distributed.py --number_of_actors 2 --learner grpo $(ARGS)
 
 test: model
-	$(PY) -m pytest -q -n 2 --dist worksteal --durations=15 -m "not alone" tests
+	$(PY) -m pytest -q -n 2 --dist load --maxschedchunk 1 --durations=15 -m "not alone" tests
 	$(PY) -m pytest -q --durations=5 -m alone tests

@@ -7,7 +7,7 @@ arithmetic prompts, and the learner scores the same tokens. The per-token |diffe
 reported as mean (what `logprob_gap` logs), median and p99. These are the numbers a per-dtype
 threshold on `logprob_gap` has to be set from.
 
-    python bench/logprob_gap.py [--prompts 8] [--n 4] [--max_new_tokens 32]
+    python bench/logprob_gap.py [--prompts 8] [--n 4] [--max_new_tokens 32] [--modes full,lora]
 
 Last line: `bf16/fp32 median logprob_gap (vllm, full) = X.XX`.
 """
@@ -69,7 +69,11 @@ def main() -> None:
     ap.add_argument("--max_new_tokens", type=int, default=32)
     ap.add_argument("--backends", default="hf,vllm")
     ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--modes", default="full,lora", help="full fine-tuning, LoRA r16, or both")
     args = ap.parse_args()
+    if not set(args.modes.split(",")) <= {"full", "lora"}:
+        ap.error(f"--modes {args.modes}: a comma-separated list of full and lora")
+    ranks = [{"full": 0, "lora": 16}[m] for m in args.modes.split(",")]
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
@@ -84,7 +88,7 @@ def main() -> None:
     medians = {}
     for dtype in args.dtypes.split(","):
         for backend in args.backends.split(","):
-            for lora_rank in (0, 16):
+            for lora_rank in ranks:
                 try:
                     diffs = measure(ray, path, backend, dtype, lora_rank, prompts, sampling)
                 except Exception as e:  # e.g. a dtype this engine does not run on CPU

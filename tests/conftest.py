@@ -47,6 +47,19 @@ def build_tiny_model(folder: str, seed: int = 0, hidden: int = 32, **config_over
     return folder
 
 
+def _durations() -> list[tuple[float, str]]:
+    with open(os.path.join(os.path.dirname(__file__), "durations.txt")) as f:
+        rows = [line.split(maxsplit=1) for line in f if line.strip() and not line.startswith("#")]
+    return [(float(seconds), node.strip()) for seconds, node in rows]
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Longest first (tests/durations.txt), the rest in their order: a worker that picks the next
+    test from the front then never starts a long one while the other has nothing left to do."""
+    slow = _durations()
+    items.sort(key=lambda item: -max((s for s, node in slow if item.nodeid.startswith(node)), default=0.0))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     return build_tiny_model(str(tmp_path_factory.mktemp("tiny-llama")))

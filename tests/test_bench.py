@@ -23,7 +23,8 @@ def last_line(script: str, *args: str, timeout: float = 600) -> str:
 
 
 @pytest.mark.parametrize("script, args, pattern", [
-    ("bench/logprob_gap.py", ["--prompts", "2", "--n", "2", "--max_new_tokens", "4", "--backends", "vllm"],
+    ("bench/logprob_gap.py", ["--prompts", "2", "--n", "2", "--max_new_tokens", "4", "--backends", "vllm",
+                              "--modes", "full"],
      r"bf16/fp32 median logprob_gap \(vllm, full\) = \d+\.\d\d"),
     ("bench/cpu_adam.py", ["--steps", "1"], r"cpu_adamw/fused = \d+\.\d\d"),
     ("bench/zero_advantage_step.py", ["--groups", "2", "--group", "2", "--max_new_tokens", "4", "--repeats", "1"],

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+import distrl.generation
 from distrl.config import ModelConfig
 from distrl.generation import SamplingParams
 from distrl.generation.vllm import AdapterVersions, adapter_targets, max_lora_rank, to_rollouts
@@ -171,6 +172,9 @@ def fake_vllm(monkeypatch):
     for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.delitem(sys.modules, "distrl.generation.vllm_engine", raising=False)
+    # The import on the stand-in also binds the package's attribute, which `import
+    # distrl.generation.vllm_engine as m` reads first: restored too, or a later test gets this module.
+    monkeypatch.delattr(distrl.generation, "vllm_engine", raising=False)
     FakeLLM.instances.clear()
     yield FakeLLM
     sys.modules.pop("distrl.generation.vllm_engine", None)  # built on the stand-in: import it anew
